@@ -1,0 +1,65 @@
+"""The base every augmentation op and combinator shares: dtype handling and seed splitting.
+
+An op's ``apply`` sees float32 pixels in 0..255, whatever the caller passed, so each op is
+written once; ``__call__`` converts in and out, which keeps the caller's dtype and value range.
+Randomness is stateless: every random draw comes from an explicit int32 ``[2]`` seed, so the
+same seed gives the same batch eagerly, under ``tf.function(jit_compile=True)`` and in
+``tf.data``, and distinct seeds (per step, per replica) give independent draws.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def as_seed(seed) -> tf.Tensor:
+    """An int32 ``[2]`` seed tensor from an int, a pair, or a tensor."""
+    if isinstance(seed, int):
+        seed = [seed, 0]
+    return tf.cast(tf.convert_to_tensor(seed), tf.int32)
+
+
+def split_seed(seed, n: int) -> tf.Tensor:
+    """``n`` independent int32 ``[2]`` seeds derived from ``seed`` (shape ``[n, 2]``)."""
+    return tf.random.experimental.stateless_split(as_seed(seed), n)
+
+
+def fold_seed(seed, data) -> tf.Tensor:
+    """A new seed that depends on ``seed`` and the int ``data`` (a step, a replica id)."""
+    return tf.random.experimental.stateless_fold_in(as_seed(seed), tf.cast(data, tf.int32))
+
+
+def to_float(images: tf.Tensor) -> tf.Tensor:
+    return tf.cast(images, tf.float32)
+
+
+def from_float(images: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Back to ``dtype``; integer types are rounded and clipped to their 0..255 range.
+
+    Each op clips/rounds itself where imgaug does (e.g. Multiply floors), so this only
+    guarantees a valid uint8 result for ops that never leave the range.
+    """
+    if dtype.is_integer:
+        return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), dtype)
+    return tf.cast(images, dtype)
+
+
+class Augmenter:
+    """A batched augmentation: ``aug(images, seed) -> images``.
+
+    Subclasses implement :meth:`apply` on float32 ``[B, H, W, C]`` pixels in 0..255 with an
+    int32 ``[2]`` seed, sampling their parameters per image from that seed.
+    """
+
+    def __call__(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        dtype = images.dtype
+        out = self.apply(to_float(images), as_seed(seed))
+        return from_float(out, dtype)
+
+    def apply(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
