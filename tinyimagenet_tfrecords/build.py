@@ -1,0 +1,565 @@
+"""Converts Tiny ImageNet (folder, zip, or URL of the zip) into sharded TFRecords + manifest.
+
+    python -m tinyimagenet_tfrecords.build --src tiny-imagenet-200 --out data/tin-jpeg
+    python -m tinyimagenet_tfrecords.build --src tiny-imagenet-200.zip --out data/tin-raw \\
+        --storage raw
+    python -m tinyimagenet_tfrecords.build \\
+        --src http://cs231n.stanford.edu/tiny-imagenet-200.zip --out data/tin-jpeg
+
+How it stays fast and safe:
+- The main process only lists and cross-checks the source (``source.scan``); worker processes
+  (``forkserver``, never importing TensorFlow) each write whole shards: read, fully decode
+  with PIL (validation; the pixels for ``raw``), serialize with ``features.encode_example``
+  and frame TFRecords themselves (length, masked CRC32C, data, masked CRC32C) with the
+  ``google-crc32c`` C extension. Without it, workers fall back to ``tf.io.TFRecordWriter``.
+- Train examples are shuffled once with ``seed`` and cut into contiguous shards of that
+  permutation, so every shard mixes all classes; output bytes do not depend on ``workers``.
+- Everything is written into a hidden temporary folder beside ``out_dir`` (same filesystem);
+  ``manifest.json`` is written last and the folder renamed into place, so a killed build never
+  leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import time
+
+from tinyimagenet_tfrecords import download
+from tinyimagenet_tfrecords import features
+from tinyimagenet_tfrecords import manifest as manifest_lib
+from tinyimagenet_tfrecords import source as source_lib
+from tinyimagenet_tfrecords.manifest import BuildError
+
+DEFAULT_SHARDS = {"train": 16, "val": 4, "test": 4}
+
+try:
+    import google_crc32c as _gcrc
+    _FAST_CRC = getattr(_gcrc, "implementation", "c") == "c"
+except ImportError:  # pragma: no cover - depends on the environment
+    _gcrc = None
+    _FAST_CRC = False
+
+
+# --- TFRecord framing -------------------------------------------------------------------------
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C (needs ``google-crc32c``)."""
+    crc = _gcrc.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: uint64 length, masked CRC of the length, data, masked CRC of the data."""
+    header = struct.pack("<Q", len(data))
+    return b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                     struct.pack("<I", masked_crc32c(data))))
+
+
+class _ShardWriter:
+    """Writes TFRecords to ``path`` and returns the file's sha256 on close.
+
+    Own framing with the fast CRC when available (no TensorFlow in the worker); otherwise
+    ``tf.io.TFRecordWriter`` (same bytes, but each worker pays the TensorFlow import).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._sha = hashlib.sha256()
+        if _FAST_CRC:
+            self._file = open(path, "wb")
+            self._pending: list[bytes] = []
+            self._pending_size = 0
+            self._tf_writer = None
+        else:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            self._tf_writer = tf.io.TFRecordWriter(path)
+
+    def write(self, record: bytes) -> None:
+        if self._tf_writer is not None:
+            self._tf_writer.write(record)
+            return
+        framed = frame_record(record)
+        self._pending.append(framed)
+        self._pending_size += len(framed)
+        if self._pending_size > (4 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = b"".join(self._pending)
+        self._sha.update(chunk)
+        self._file.write(chunk)
+        self._pending, self._pending_size = [], 0
+
+    def close(self) -> str:
+        if self._tf_writer is not None:
+            self._tf_writer.close()
+            return file_sha256(self.path)
+        self._flush()
+        self._file.close()
+        return self._sha.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- Workers ----------------------------------------------------------------------------------
+
+_COUNTER = None  # images done, shared with the main process (multiprocessing.Value)
+
+
+class _LocalCounter:
+    """Stands in for ``multiprocessing.Value`` when the build runs in-process."""
+
+    def __init__(self):
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def get_lock(self):
+        return self._lock
+
+
+def _init_worker(counter) -> None:
+    global _COUNTER
+    _COUNTER = counter
+
+
+def _tick(n: int) -> None:
+    if _COUNTER is not None and n:
+        with _COUNTER.get_lock():
+            _COUNTER.value += n
+
+
+def write_shard(task: dict) -> dict:
+    """Writes one shard (worker entry point; plain arguments, picklable result).
+
+    Args:
+      task: ``ref`` (SourceRef), ``path`` (output file), ``entries`` (list of tuples
+        ``(relpath, filename, label, wnid, bbox)``), ``storage``, ``skip_corrupt``.
+
+    Returns:
+      ``{"file", "num_examples", "sha256", "per_class", "skipped", "converted"}``.
+
+    Raises:
+      source.CorruptImageError: for an undecodable image unless ``skip_corrupt``.
+    """
+    ref, storage = task["ref"], task["storage"]
+    writer = _ShardWriter(task["path"])
+    per_class: dict[str, int] = {}
+    skipped, converted = [], []
+    count = pending_ticks = 0
+    try:
+        for relpath, filename, label, wnid, bbox in task["entries"]:
+            pending_ticks += 1
+            if pending_ticks == 64:
+                _tick(pending_ticks)
+                pending_ticks = 0
+            try:
+                data = source_lib.read_file(ref, relpath)
+            except (OSError, KeyError) as e:
+                raise source_lib.SourceError(f"{ref.display(relpath)}: cannot read: {e}") from e
+            try:
+                prepared = source_lib.prepare_image(data, storage, ref.display(relpath))
+            except source_lib.CorruptImageError as e:
+                if not task["skip_corrupt"]:
+                    raise
+                skipped.append({"file": relpath, "reason": str(e)})
+                continue
+            if prepared.converted:
+                converted.append({"file": relpath, "reason": prepared.converted})
+            writer.write(features.encode_example(
+                image=prepared.data, image_format=prepared.image_format,
+                height=prepared.height, width=prepared.width, label=label, wnid=wnid,
+                filename=filename, bbox=bbox))
+            if wnid:
+                per_class[wnid] = per_class.get(wnid, 0) + 1
+            count += 1
+        _tick(pending_ticks)
+    finally:
+        sha = writer.close()
+    return {"file": os.path.basename(task["path"]), "num_examples": count, "sha256": sha,
+            "per_class": per_class, "skipped": skipped, "converted": converted}
+
+
+# --- Planning ---------------------------------------------------------------------------------
+
+
+def resolve_shards(shards, splits) -> dict[str, int]:
+    """``None`` -> defaults; an int -> that many shards for every split; a dict per split."""
+    if shards is None:
+        shards = DEFAULT_SHARDS
+    if isinstance(shards, int):
+        shards = {s: shards for s in splits}
+    out = {}
+    for split in splits:
+        n = int(shards.get(split, DEFAULT_SHARDS[split]))
+        if n < 1:
+            raise ValueError(f"shards for {split} must be >= 1, got {n}")
+        out[split] = n
+    return out
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def plan_shards(entries: list, split: str, num_shards: int, seed: int) -> list[tuple[str, list]]:
+    """Splits ``entries`` into ``(file name, entries)`` shards.
+
+    Train: a seeded permutation (numpy PCG64, independent of the worker count) cut into
+    contiguous equal parts, so every shard mixes all classes. Eval splits keep source order.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    if split == "train":
+        order = np.random.default_rng(seed).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    num_shards = max(1, min(num_shards, len(entries)))
+    bounds = [len(entries) * i // num_shards for i in range(num_shards + 1)]
+    return [(shard_name(split, i, num_shards), entries[bounds[i]:bounds[i + 1]])
+            for i in range(num_shards)]
+
+
+# --- Progress ---------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress display on stderr, redrawn by a background thread."""
+
+    def __init__(self, counter, total: int, label: str, enabled: bool):
+        self._counter, self._total, self._label = counter, total, label
+        self._enabled = enabled
+        self._tty = enabled and sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def _line(self) -> str:
+        done = self._counter.value
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = done / elapsed
+        eta = (self._total - done) / rate if rate > 0 else float("inf")
+        pct = 100.0 * done / max(self._total, 1)
+        bar = "#" * int(pct / 5)
+        eta_s = f"{eta:4.0f}s" if eta != float("inf") else "   ?"
+        return (f"{self._label} [{bar:<20}] {done}/{self._total} {pct:5.1f}% "
+                f"{rate:7.0f} img/s ETA {eta_s}")
+
+    def _run(self) -> None:
+        last_plain = 0.0
+        while not self._stop.wait(0.25):
+            if self._tty:
+                sys.stderr.write("\r" + self._line())
+                sys.stderr.flush()
+            elif time.monotonic() - last_plain > 10:
+                last_plain = time.monotonic()
+                sys.stderr.write(self._line() + "\n")
+
+    def __exit__(self, *exc):
+        if self._enabled:
+            self._stop.set()
+            self._thread.join()
+            sys.stderr.write(("\r" if self._tty else "") + self._line() + "\n")
+            sys.stderr.flush()
+
+
+# --- The build --------------------------------------------------------------------------------
+
+
+def _is_url(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def _run_tasks(tasks: list[dict], workers: int, counter) -> list[dict]:
+    """Runs ``write_shard`` over ``tasks``; the first failure stops everything and re-raises."""
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(counter)
+        try:
+            return [write_shard(t) for t in tasks]
+        finally:
+            _init_worker(None)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["tinyimagenet_tfrecords.source",
+                                      "tinyimagenet_tfrecords.features"])
+    shared = ctx.Value("q", 0)
+    results: dict[int, dict] = {}
+    pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(shared,))
+    stop = threading.Event()
+
+    def mirror():  # copy the shared count into the caller's counter for the progress line
+        while not stop.wait(0.1):
+            counter.value = shared.value
+
+    mirror_thread = threading.Thread(target=mirror, daemon=True)
+    mirror_thread.start()
+    try:
+        indexed = [dict(t, index=i) for i, t in enumerate(tasks)]
+        for result in pool.imap_unordered(_write_indexed, indexed):
+            results[result.pop("index")] = result
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        stop.set()
+        mirror_thread.join()
+        counter.value = shared.value
+    return [results[i] for i in range(len(tasks))]
+
+
+def _write_indexed(task: dict) -> dict:
+    index = task.pop("index")
+    return dict(write_shard(task), index=index)
+
+
+def _build_args(src, shards, splits, storage, seed, skip_corrupt, sha256) -> dict:
+    """The arguments that determine the output bytes (recorded; compared for idempotence)."""
+    return {"src": src if _is_url(src) else os.path.abspath(src), "shards": shards,
+            "splits": list(splits), "storage": storage, "seed": int(seed),
+            "skip_corrupt": bool(skip_corrupt), "sha256": sha256}
+
+
+def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
+                  splits=("train", "val", "test"), storage: str = "jpeg", seed: int = 0,
+                  overwrite: bool = False, skip_corrupt: bool = False, sha256=None,
+                  progress: bool = True, download_dir=None) -> dict:
+    """Builds (or finds already built) the TFRecord shards of ``src`` in ``out_dir``.
+
+    Args:
+      src: extracted folder, ``tiny-imagenet-200.zip`` (read in place) or http(s) URL of it.
+      out_dir: the build folder (created by an atomic rename when complete).
+      shards: shards per split: None (16 train, 4 val, 4 test), an int for every split, or a
+        dict ``{split: n}``. Capped at the split's example count.
+      workers: worker processes (default: CPU count). Does not change the output bytes.
+      splits: which of train/val/test to build.
+      storage: "jpeg" (original bytes) or "raw" (decoded uint8 RGB).
+      seed: train shuffle seed.
+      overwrite: replace an existing build (finished or not).
+      skip_corrupt: skip undecodable images (listed in the manifest) instead of failing.
+      sha256: expected sha256 of the zip (URL or local zip).
+      progress: draw progress on stderr.
+      download_dir: where a URL is downloaded to (default: the folder holding ``out_dir``).
+
+    Returns:
+      The manifest (as written to ``out_dir/manifest.json``).
+
+    Raises:
+      source.SourceError: bad input, naming the file (and line).
+      download.DownloadError: a failed or mismatching download.
+      manifest.BuildError: ``out_dir`` holds another build (or other files) and not
+        ``overwrite``.
+    """
+    splits = tuple(splits)
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be distinct names among {source_lib.SPLITS}: {splits}")
+    if storage not in features.STORAGE_FORMATS:
+        raise ValueError(f"storage must be one of {features.STORAGE_FORMATS}, got {storage!r}")
+    shard_counts = resolve_shards(shards, splits)
+    args = _build_args(src, shard_counts, splits, storage, seed, skip_corrupt, sha256)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        existing = _check_existing(out_dir, args, overwrite)
+        if existing is not None:
+            if progress:
+                print(f"{out_dir}: already built with the same arguments; nothing to do "
+                      "(--overwrite rebuilds)", file=sys.stderr)
+            return existing
+
+    zip_or_dir = src
+    if _is_url(src):
+        zip_or_dir = download.fetch(src, download_dir or os.path.dirname(out_dir),
+                                    sha256=sha256, progress=progress)
+    elif sha256:
+        if not os.path.isfile(src):
+            raise ValueError("sha256 applies to a zip file or URL, not a folder")
+        download.check_sha256(src, sha256)
+    ref = source_lib.open_source(zip_or_dir)
+    scanned = source_lib.scan(ref, splits)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        manifest = _write_build(scanned, tmp, shard_counts, splits, storage, seed,
+                                skip_corrupt, workers or os.cpu_count() or 1, progress)
+        manifest.update(args=args, source=src)
+        with open(os.path.join(tmp, manifest_lib.MANIFEST_NAME), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        counts = ", ".join(f"{s} {manifest['splits'][s]['num_examples']}" for s in splits)
+        print(f"{out_dir}: {counts} examples ({storage}); {len(manifest['skipped'])} files "
+              f"skipped, {len(manifest['converted'])} converted", file=sys.stderr)
+    return manifest
+
+
+def _check_existing(out_dir: str, args: dict, overwrite: bool):
+    """Returns the existing manifest when it was built with ``args`` (and not overwrite)."""
+    if not os.path.isdir(out_dir):
+        raise BuildError(f"{out_dir}: exists and is not a folder")
+    if overwrite:
+        return None
+    if not os.path.exists(manifest_lib.manifest_path(out_dir)):
+        if os.listdir(out_dir):
+            raise BuildError(f"{out_dir}: exists and is not a finished build; pass "
+                             "--overwrite to replace it")
+        return None
+    try:
+        existing = manifest_lib.load_manifest(out_dir)
+    except BuildError as e:
+        raise BuildError(f"{e}; pass --overwrite to replace it") from e
+    if existing.get("args") == args:
+        return existing
+    old = existing.get("args", {})
+    differ = sorted(k for k in set(old) | set(args) if old.get(k) != args.get(k))
+    raise BuildError(f"{out_dir}: already holds a build with different arguments "
+                     f"({', '.join(differ)}); pass --overwrite to replace it")
+
+
+def _move_into_place(tmp: str, out_dir: str) -> None:
+    if not os.path.exists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-",
+                           dir=os.path.dirname(out_dir))
+    os.rmdir(old)
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_build(scanned, tmp, shard_counts, splits, storage, seed, skip_corrupt, workers,
+                 progress) -> dict:
+    tasks, task_split = [], []
+    for split in splits:
+        entries = [(e.relpath, e.filename, e.label, e.wnid, e.bbox)
+                   for e in scanned.entries[split]]
+        for name, part in plan_shards(entries, split, shard_counts[split], seed):
+            tasks.append({"ref": scanned.ref, "path": os.path.join(tmp, name), "entries": part,
+                          "storage": storage, "skip_corrupt": skip_corrupt})
+            task_split.append(split)
+    total = sum(len(t["entries"]) for t in tasks)
+    counter = _LocalCounter()
+    with _Progress(counter, total, f"build {storage}", progress):
+        results = _run_tasks(tasks, workers, counter)
+
+    out_splits = {}
+    skipped = [{"file": f, "reason": "stray file (not part of the dataset layout)"}
+               for f in scanned.stray]
+    converted = []
+    for split in splits:
+        shards = [r for r, s in zip(results, task_split) if s == split]
+        per_class: dict[str, int] = {}
+        for r in shards:
+            for wnid, n in r["per_class"].items():
+                per_class[wnid] = per_class.get(wnid, 0) + n
+            skipped.extend(r["skipped"])
+            converted.extend(r["converted"])
+        if split == "train":
+            for wnid in scanned.wnids:
+                if not per_class.get(wnid):
+                    raise source_lib.SourceError(
+                        f"{scanned.ref.display('train/' + wnid + '/images')}: empty class "
+                        f"{wnid} (every image skipped as corrupt)")
+        num = sum(r["num_examples"] for r in shards)
+        if num == 0:
+            raise source_lib.SourceError(
+                f"{scanned.ref.display(split)}: no usable image (all skipped as corrupt)")
+        out_splits[split] = {
+            "num_examples": num,
+            "per_class": {w: per_class[w] for w in scanned.wnids if w in per_class},
+            "shards": [{"file": r["file"], "num_examples": r["num_examples"],
+                        "sha256": r["sha256"]} for r in shards]}
+    return {
+        "schema_version": features.SCHEMA_VERSION, "storage": storage,
+        "num_classes": len(scanned.wnids), "classes": scanned.classes, "splits": out_splits,
+        "skipped": skipped, "converted": converted, "num_stray_files": len(scanned.stray),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+    }
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def main(argv) -> int:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flag_values = flags.FLAGS
+    if len(argv) > 1:
+        print(f"build: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 1
+    try:
+        build_dataset(
+            flag_values.src, flag_values.out,
+            shards={"train": flag_values.train_shards, "val": flag_values.val_shards,
+                    "test": flag_values.test_shards},
+            workers=flag_values.workers, splits=tuple(flag_values.splits),
+            storage=flag_values.storage, seed=flag_values.seed,
+            overwrite=flag_values.overwrite, skip_corrupt=flag_values.skip_corrupt,
+            sha256=flag_values.sha256, progress=flag_values.progress,
+            download_dir=flag_values.download_dir)
+    except (source_lib.SourceError, download.DownloadError, BuildError, ValueError,
+            OSError) as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("build: interrupted; no output was left behind", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_string("src", None, "Tiny ImageNet folder, its zip, or an http(s) URL of the "
+                        "zip (e.g. http://cs231n.stanford.edu/tiny-imagenet-200.zip).")
+    flags.DEFINE_string("out", None, "Output build folder.")
+    flags.DEFINE_integer("train_shards", DEFAULT_SHARDS["train"], "Train shards.", lower_bound=1)
+    flags.DEFINE_integer("val_shards", DEFAULT_SHARDS["val"], "Val shards.", lower_bound=1)
+    flags.DEFINE_integer("test_shards", DEFAULT_SHARDS["test"], "Test shards.", lower_bound=1)
+    flags.DEFINE_integer("workers", None, "Worker processes (default: CPU count).",
+                         lower_bound=1)
+    flags.DEFINE_list("splits", ["train", "val", "test"], "Splits to build.")
+    flags.DEFINE_enum("storage", "jpeg", list(features.STORAGE_FORMATS),
+                      "jpeg: the original bytes, never re-encoded; raw: decoded uint8 RGB.")
+    flags.DEFINE_integer("seed", 0, "Train shuffle seed.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing build.")
+    flags.DEFINE_bool("skip_corrupt", False, "Skip undecodable images (listed in the "
+                      "manifest) instead of failing.")
+    flags.DEFINE_string("sha256", None, "Expected sha256 of the zip (URL or local zip).")
+    flags.DEFINE_string("download_dir", None, "Where to download a URL (default: the "
+                        "folder holding --out).")
+    flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+    flags.mark_flags_as_required(["src", "out"])
+
+
+if __name__ == "__main__":
+    from absl import app  # pylint: disable=import-outside-toplevel
+    _define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
