@@ -1,0 +1,12 @@
+"""Training: schedules, strategy, the compiled steps, the fit loop, reports and evaluation.
+
+The only package that imports all the others (``tinyimagenet_tfrecords``, ``augment``,
+``models``); ``train_main.py`` parses flags and calls :func:`run` with a
+:class:`config.RunConfig`.
+"""
+
+from training.config import ConfigError, Phase, RunConfig
+from training.data import make_synthetic_build
+from training.loop import RunError, run
+
+__all__ = ["ConfigError", "Phase", "RunConfig", "RunError", "make_synthetic_build", "run"]

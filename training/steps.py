@@ -1,0 +1,144 @@
+"""The compiled per-replica train and eval steps.
+
+Why not ``model.compile(jit_compile=True)`` + ``fit``: under ``MirroredStrategy`` Keras either
+turns XLA off silently or fails on logical CPUs (``../shared/docs/xla-and-distribution.md``).
+What works on CPUs and GPUs alike is an explicit split:
+
+* ``compute`` — one ``tf.function(jit_compile=True)`` per replica holding augmentation, forward
+  pass, loss and gradients (the expensive part, fused by XLA);
+* ``optimizer.apply(grads, vars)`` outside it, which all-reduces the gradients across
+  replicas and updates the mirrored variables;
+* an outer ``tf.function`` that runs ``strategy.run`` for ``num_steps`` steps per call.
+
+Augmentation seeds are ``augment.step_seed(base_seed, global_step, replica_id)``: a pure
+function of the position in training, so a resumed run draws the same augmentations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+import augment
+
+# Totals returned by a train call: CE summed over examples, correct top-1, examples, reg loss.
+TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum")
+EVAL_TOTALS = ("ce_sum", "top1", "top5", "count")
+
+
+def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+    """How many classes score strictly higher than the true one (0 = top-1 hit).
+
+    Pure arithmetic, so it compiles under XLA (unlike some top-k kernels) and top-k accuracy is
+    ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does.
+    """
+    true_p = tf.gather(probs, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
+    return tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """A compiled train step for one (image size, batch, augmentation) signature.
+
+    Attributes:
+      run: ``run(iterator, num_steps) -> float32 [4]`` totals (see ``TRAIN_TOTALS``), reduced
+        over replicas and summed over the steps.
+      compute: the inner per-replica ``tf.function`` (``jit_compile=xla``), exposed so tests
+        and benchmarks can prove XLA compiled it.
+    """
+
+    run: Callable
+    compute: tf.types.experimental.GenericFunction
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                    strategy: tf.distribute.Strategy, *, recipe: Callable | None,
+                    global_batch_size: int, base_seed: int, xla: bool = True) -> TrainStep:
+    """Builds the distributed train step (see the module docstring for the design).
+
+    Args:
+      model: built under ``strategy.scope()``; outputs float32 probabilities.
+      optimizer: built under the same scope (a ``LossScaleOptimizer`` for mixed float16).
+      strategy: the distribution strategy.
+      recipe: an augmentation ``(images, seed) -> images`` or None; runs inside ``compute``.
+      global_batch_size: examples per step over all replicas (the loss is averaged over it,
+        since the optimizer sums gradients across replicas).
+      base_seed: the run's seed, folded with the step and replica id for augmentation.
+      xla: compile ``compute`` with XLA.
+    """
+    replicas = strategy.num_replicas_in_sync
+    variables = model.trainable_variables
+
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def compute(images, labels, seed):
+        x = recipe(images, seed) if recipe is not None else images
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            ce = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            ce = tf.cast(ce, tf.float32)
+            loss = tf.reduce_sum(ce) / global_batch_size
+            reg = tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) if model.losses \
+                else tf.constant(0.0)
+            total = loss + reg / replicas
+            scaled = optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
+        pred = tf.argmax(probs, axis=1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(pred == tf.cast(labels, tf.int32), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return grads, tf.stack([tf.reduce_sum(ce), correct, count, reg / replicas])
+
+    def replica_step(images, labels):
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = augment.step_seed(base_seed, optimizer.iterations, replica_id)
+        grads, totals = compute(images, labels, seed)
+        optimizer.apply(grads, variables)
+        return totals
+
+    @tf.function
+    def run(iterator, num_steps):
+        totals = tf.zeros([len(TRAIN_TOTALS)], tf.float32)
+        for _ in tf.range(num_steps):
+            images, labels = next(iterator)
+            per_replica = strategy.run(replica_step, args=(images, labels))
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return totals
+
+    return TrainStep(run=run, compute=compute)
+
+
+def make_eval_step(model: keras.Model, *, xla: bool = True) -> Callable:
+    """``step(images, labels) -> float32 [4]`` totals (``EVAL_TOTALS``) plus probabilities.
+
+    Runs on the default device (the first replica's copy of mirrored variables): validation
+    is small next to training, and this avoids uneven last batches across replicas.
+    """
+    @tf.function(jit_compile=xla, reduce_retracing=True)
+    def step(images, labels):
+        probs = tf.cast(model(images, training=False), tf.float32)
+        ce = keras.losses.sparse_categorical_crossentropy(labels, probs)
+        rank = ranks_of_true_class(labels, probs)
+        totals = tf.stack([tf.reduce_sum(ce),
+                           tf.reduce_sum(tf.cast(rank < 1, tf.float32)),
+                           tf.reduce_sum(tf.cast(rank < 5, tf.float32)),
+                           tf.cast(tf.shape(labels)[0], tf.float32)])
+        return totals, probs
+    return step
+
+
+def regularization_loss(model: keras.Model) -> float:
+    """The model's current weight-decay term (added to val loss, as Keras reports it)."""
+    return float(sum(float(l) for l in model.losses)) if model.losses else 0.0
+
+
+def is_xla_compiled(fn: tf.types.experimental.GenericFunction, *args) -> bool:
+    """True when ``fn``'s concrete function for ``args`` carries ``_XlaMustCompile=True``.
+
+    This is what ``tf.function(jit_compile=True)`` sets and what XLA honours; Keras' silent
+    fallbacks show up as its absence. ``args`` may be tensors or ``tf.TensorSpec``.
+    """
+    concrete = fn.get_concrete_function(*args)
+    attr = concrete.function_def.attr.get("_XlaMustCompile")
+    return bool(attr is not None and attr.b)
