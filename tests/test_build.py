@@ -97,7 +97,7 @@ def source_truth(root: str) -> dict[str, dict]:
                 name, wnid, *box = line.split()
                 truth["val"][name] = dict(label=label[wnid], wnid=wnid, bbox=tuple(map(int, box)),
                                           path=os.path.join(root, "val", "images", name))
-    for path in glob.glob(os.path.join(root, "test", "images", "*")):
+    for path in glob.glob(os.path.join(root, "test", "images", "*.JPEG")):
         truth["test"][os.path.basename(path)] = dict(label=-1, wnid="", bbox=(-1, -1, -1, -1),
                                                      path=path)
     return truth
@@ -325,3 +325,248 @@ def test_cmyk_png_and_palette_images_decode_exactly_as_pil_rgb(tmp_path, storage
         assert formats[f"{w0}_1.JPEG"] == "png" and formats[f"{w0}_2.JPEG"] == "jpeg"
     else:
         assert converted == []
+
+
+def test_fallback_to_tf_writer_without_fast_crc_gives_same_bytes(tmp_path, monkeypatch):
+    src = tiny_dataset(tmp_path)
+    fast = build_quiet(src, tmp_path / "fast")
+    monkeypatch.setattr(build, "_FAST_CRC", False)
+    slow = build_quiet(src, tmp_path / "slow")
+    for split in ("train", "val", "test"):
+        assert fast["splits"][split]["shards"] == slow["splits"][split]["shards"]
+
+
+# --- Tolerated quirks -------------------------------------------------------------------------
+
+
+def _rewrite(path: str, transform) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(transform(data))
+
+
+def test_crlf_missing_final_newline_and_stray_files_are_tolerated(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w0 = synthetic.synthetic_wnid(0)
+    crlf_no_final = lambda d: d.replace(b"\n", b"\r\n").rstrip(b"\r\n")  # noqa: E731
+    for rel in ("wnids.txt", "words.txt", "val/val_annotations.txt",
+                f"train/{w0}/{w0}_boxes.txt"):
+        _rewrite(os.path.join(src, rel), crlf_no_final)
+    strays = [".DS_Store", "train/.DS_Store", f"train/{w0}/images/.DS_Store",
+              f"train/{w0}/images/._{w0}_0.JPEG", "val/images/Thumbs.db", "test/images/notes.txt"]
+    for rel in strays:
+        with open(os.path.join(src, rel), "wb") as f:
+            f.write(b"\x00junk")
+    out = tmp_path / "out"
+    manifest = build_quiet(src, out)
+    assert_build_equals_source(str(out), src)
+    assert manifest["num_stray_files"] == len(strays)
+    assert sorted(s["file"] for s in manifest["skipped"]) == sorted(strays)
+
+
+# --- Refused inputs: the message names the file (and line); nothing finished is left ----------
+
+
+def _corrupt_truncated(root, rel):
+    _rewrite(os.path.join(root, rel), lambda d: d[: len(d) // 2])
+
+
+def _corrupt_garbage(root, rel):
+    _rewrite(os.path.join(root, rel), lambda d: b"\xff\xd8\xff" + os.urandom(300))
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_truncated, _corrupt_garbage])
+def test_undecodable_or_truncated_image_is_refused_naming_it(tmp_path, corrupt):
+    src = tiny_dataset(tmp_path)
+    w2 = synthetic.synthetic_wnid(2)
+    rel = f"train/{w2}/images/{w2}_3.JPEG"
+    corrupt(src, rel)
+    out = tmp_path / "out"
+    with pytest.raises(source.CorruptImageError, match=f"{w2}_3.JPEG"):
+        build_quiet(src, out)
+    assert no_finished_output(out)
+
+
+def test_skip_corrupt_skips_and_lists_each_corrupt_file(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w1 = synthetic.synthetic_wnid(1)
+    bad = [f"train/{w1}/images/{w1}_0.JPEG", "val/images/val_2.JPEG"]
+    _corrupt_truncated(src, bad[0])
+    _corrupt_garbage(src, bad[1])
+    out = tmp_path / "out"
+    manifest = build_quiet(src, out, skip_corrupt=True)
+    assert sorted(s["file"] for s in manifest["skipped"]) == sorted(bad)
+    assert all("cannot decode" in s["reason"] for s in manifest["skipped"])
+    assert manifest["splits"]["train"]["per_class"][w1] == 3
+    assert manifest["splits"]["val"]["num_examples"] == 5
+    names = {e["filename"] for e in read_split(str(out), "train") + read_split(str(out), "val")}
+    assert not names & {os.path.basename(b) for b in bad}
+
+
+def _append_line(path, line):
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def _line_count(path):
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+def test_val_annotation_naming_unknown_wnid_is_refused_with_line(tmp_path):
+    src = tiny_dataset(tmp_path)
+    ann = os.path.join(src, "val", "val_annotations.txt")
+    lines = open(ann).read().splitlines()
+    lines[3] = lines[3].replace(lines[3].split("\t")[1], "n99999999")
+    with open(ann, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(source.SourceError, match=r"val_annotations.txt:4: unknown wnid n99999999"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_val_image_without_annotation_is_refused_naming_it(tmp_path):
+    src = tiny_dataset(tmp_path)
+    shutil.copy(os.path.join(src, "val", "images", "val_0.JPEG"),
+                os.path.join(src, "val", "images", "val_extra.JPEG"))
+    with pytest.raises(source.SourceError, match=r"val_extra.JPEG: val image has no annotation"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_val_annotation_without_image_is_refused_with_line(tmp_path):
+    src = tiny_dataset(tmp_path)
+    ann = os.path.join(src, "val", "val_annotations.txt")
+    _append_line(ann, f"val_404.JPEG\t{synthetic.synthetic_wnid(0)}\t0\t0\t5\t5")
+    line = _line_count(ann)
+    with pytest.raises(source.SourceError, match=rf"val_annotations.txt:{line}: .*val_404.JPEG"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_train_folder_not_listed_in_wnids_is_refused_naming_it(tmp_path):
+    src = tiny_dataset(tmp_path)
+    shutil.copytree(os.path.join(src, "train", synthetic.synthetic_wnid(0)),
+                    os.path.join(src, "train", "n12345678"))
+    with pytest.raises(source.SourceError, match=r"train/n12345678: train folder not listed"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_wnid_without_train_folder_is_refused_naming_it(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w1 = synthetic.synthetic_wnid(1)
+    shutil.rmtree(os.path.join(src, "train", w1))
+    with pytest.raises(source.SourceError, match=rf"wnids.txt: wnid {w1} has no train folder"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_empty_class_is_refused_naming_it(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w2 = synthetic.synthetic_wnid(2)
+    for path in glob.glob(os.path.join(src, "train", w2, "images", "*")):
+        os.remove(path)
+    open(os.path.join(src, "train", w2, f"{w2}_boxes.txt"), "w").close()
+    with pytest.raises(source.SourceError, match=rf"train/{w2}/images: empty class {w2}"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_class_emptied_by_skip_corrupt_is_refused(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w0 = synthetic.synthetic_wnid(0)
+    for path in glob.glob(os.path.join(src, "train", w0, "images", "*")):
+        _rewrite(path, lambda d: d[:40])
+    with pytest.raises(source.SourceError, match=rf"empty class {w0}"):
+        build_quiet(src, tmp_path / "out", skip_corrupt=True)
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_cli_refuses_bad_input_with_one_line_and_status_1(tmp_path):
+    src = tiny_dataset(tmp_path)
+    ann = os.path.join(src, "val", "val_annotations.txt")
+    _append_line(ann, "val_0.JPEG\tn00000000\t0\t0\t1\t1")
+    line = _line_count(ann)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyimagenet_tfrecords.build", f"--src={src}", f"--out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"val_annotations.txt:{line}:" in lines[0] and "n00000000" in lines[0]
+    assert no_finished_output(out)
+
+
+# --- Atomicity and idempotence ----------------------------------------------------------------
+
+
+def test_failed_build_removes_its_temporary_folder(tmp_path, monkeypatch):
+    src = tiny_dataset(tmp_path)
+
+    def boom(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_move_into_place", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+def test_killed_build_leaves_nothing_that_looks_finished(tmp_path):
+    src = tiny_dataset(tmp_path, train_per_class=600, workers=2)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinyimagenet_tfrecords.build", f"--src={src}", f"--out={out}",
+         "--workers=1", "--noprogress"], cwd=REPO)
+    try:
+        for _ in range(600):  # wait until the worker writes shards into its temporary folder
+            tmp = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+            if tmp and any(p.iterdir() for p in tmp):
+                break
+            if proc.poll() is not None:
+                pytest.fail("build finished before it could be killed")
+            threading.Event().wait(0.02)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert not out.exists()
+    with pytest.raises(manifest_lib.BuildError):
+        manifest_lib.load_manifest(str(out))
+    assert build_quiet(src, out)["splits"]["train"]["num_examples"] == 1800
+
+
+def test_rerunning_an_identical_build_does_nothing(tmp_path):
+    src = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    first = build_quiet(src, out, seed=5)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = build_quiet(src, out, seed=5, workers=2)  # workers do not change the output
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def test_build_with_other_arguments_into_existing_build_needs_overwrite(tmp_path):
+    src = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    first = build_quiet(src, out, storage="jpeg")
+    with pytest.raises(manifest_lib.BuildError, match="different arguments.*storage"):
+        build_quiet(src, out, storage="raw")
+    assert manifest_lib.load_manifest(str(out)) == first
+    second = build_quiet(src, out, storage="raw", overwrite=True)
+    assert manifest_lib.load_manifest(str(out))["storage"] == "raw" == second["storage"]
+    assert no_finished_output(tmp_path / "out") is False  # the build exists ...
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []  # ... alone
+
+
+def test_unfinished_folder_is_not_replaced_without_overwrite(tmp_path):
+    src = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train-00000-of-00002.tfrecord").write_bytes(b"partial")
+    with pytest.raises(manifest_lib.BuildError, match="not a finished build"):
+        build_quiet(src, out)
+    build_quiet(src, out, overwrite=True)
+    manifest_lib.load_manifest(str(out))
