@@ -1,0 +1,365 @@
+"""Tests of the graph-mode input pipeline (tinyimagenet_tfrecords.pipeline).
+
+Most tests use small builds written here with ``features.serialize_example`` (so they can hold
+odd cases the real data lacks: PNG, non-64 sizes, raw storage) whose labels are unique per
+example, so a label identifies an example. The integration tests at the end build the real
+sample with ``build.build_dataset`` when the converter is available.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tinyimagenet_tfrecords import features
+from tinyimagenet_tfrecords import manifest as manifest_lib
+from tinyimagenet_tfrecords import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = "/work/shared/data/tiny-imagenet-sample"
+PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"}
+
+
+# ------------------------------------------------------------------------------- fixtures ---
+
+def _image(i: int, h: int = 64, w: int = 64, gray: bool = False) -> np.ndarray:
+    """A smooth, distinct test image (smooth so JPEG round trips stay close)."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = (x * (3 + i % 5) + y * (2 + i % 3) + 17 * i) % 256
+    img = np.stack([base, (base + 85) % 256, 255 - base], -1).astype(np.uint8)
+    return img[..., :1] if gray else img
+
+
+def _encode(img: np.ndarray, fmt: str) -> bytes:
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG" if fmt == "png" else "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=("train",
+                "val")) -> dict:
+    """Writes a finished build: each split holds ``images`` (label i for image i)."""
+    os.makedirs(out_dir, exist_ok=True)
+    fmts = fmts or ["png"] * len(images)
+    split_info = {}
+    for split in splits:
+        shard_list = []
+        for s in range(shards):
+            name = f"{split}-{s:05d}-of-{shards:05d}.tfrecord"
+            idx = list(range(s, len(images), shards))
+            with tf.io.TFRecordWriter(os.path.join(str(out_dir), name)) as w:
+                for i in idx:
+                    img = images[i]
+                    if storage == "raw":
+                        rgb = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+                        data, fmt = rgb.tobytes(), "raw"
+                    else:
+                        data, fmt = _encode(img, fmts[i]), fmts[i]
+                    w.write(features.serialize_example(
+                        image=data, image_format=fmt, height=img.shape[0], width=img.shape[1],
+                        label=i, wnid=f"n{i:08d}", filename=f"img{i}.{fmt}"))
+            shard_list.append({"file": name, "num_examples": len(idx), "sha256": ""})
+        split_info[split] = {"num_examples": len(images), "per_class": {},
+                             "shards": shard_list}
+    manifest = {"schema_version": features.SCHEMA_VERSION, "storage": storage,
+                "num_classes": len(images),
+                "classes": [{"label": i, "wnid": f"n{i:08d}", "name": str(i)}
+                            for i in range(len(images))],
+                "splits": split_info, "args": {}, "skipped": [], "source": "test",
+                "created_utc": ""}
+    with open(manifest_lib.manifest_path(str(out_dir)), "w") as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+N = 20  # examples per split of the small builds
+
+
+@pytest.fixture(scope="module")
+def png_build(tmp_path_factory):
+    """20 lossless 64x64 images in 4 shards (every 4th one grayscale)."""
+    d = tmp_path_factory.mktemp("png")
+    images = [_image(i, gray=(i % 4 == 0)) for i in range(N)]
+    write_build(d, images, shards=4)
+    return str(d), images
+
+
+def _rgb(img):
+    return np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+
+
+def _collect(ds):
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _resized(img, size):
+    out = tf.image.resize(_rgb(img)[None].astype(np.float32), [size, size], "bilinear",
+                          antialias=False)[0]
+    return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------ build checking ---
+
+def test_missing_unfinished_and_other_schema_builds_raise_build_error(tmp_path, png_build):
+    with pytest.raises(manifest_lib.BuildError, match="no such build"):
+        pipeline.make_dataset(str(tmp_path / "nope"), "val", batch_size=4)
+    with pytest.raises(manifest_lib.BuildError, match="not a finished build"):
+        pipeline.make_dataset(str(tmp_path), "val", batch_size=4)
+    other = tmp_path / "other"
+    write_build(other, [_image(0)])
+    m = json.loads((other / "manifest.json").read_text())
+    m["schema_version"] = features.SCHEMA_VERSION + 1
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(manifest_lib.BuildError, match="schema"):
+        pipeline.make_dataset(str(other), "val", batch_size=4)
+    with pytest.raises(manifest_lib.BuildError, match="not built"):
+        pipeline.make_dataset(png_build[0], "test", batch_size=4)
+
+
+def test_invalid_arguments_are_rejected(png_build):
+    with pytest.raises(ValueError):
+        pipeline.make_dataset(png_build[0], "val", batch_size=0)
+    with pytest.raises(ValueError):
+        pipeline.make_dataset(png_build[0], "val", batch_size=4, input_pipeline_id=2,
+                              num_input_pipelines=2)
+    with pytest.raises(TypeError):
+        pipeline.make_dataset(png_build[0], "val", batch_size=4, augment="flip")
+    with pytest.raises(TypeError):
+        pipeline.make_input_fn(png_build[0], "train", global_batch_size=8, batch_size=4)
+
+
+# ------------------------------------------------------------------------------ eval order ---
+
+def test_eval_pipeline_sees_every_example_once_in_the_same_order(png_build):
+    ds = pipeline.make_dataset(png_build[0], "val", batch_size=7)
+    shapes = [tuple(x.shape) for x, _ in ds]
+    assert shapes == [(7, 64, 64, 3), (7, 64, 64, 3), (6, 64, 64, 3)]  # keeps the remainder
+    _, labels1 = _collect(ds)
+    _, labels2 = _collect(pipeline.make_dataset(png_build[0], "val", batch_size=7, seed=5))
+    assert sorted(labels1) == list(range(N))
+    np.testing.assert_array_equal(labels1, labels2)  # deterministic, seed-independent
+
+
+# ---------------------------------------------------------------------------------- decode ---
+
+def test_png_and_grayscale_decode_to_the_exact_rgb_pixels(png_build):
+    build, images = png_build
+    x, y = _collect(pipeline.make_dataset(build, "val", batch_size=8))
+    assert x.dtype == np.uint8 and y.dtype == np.int32
+    for img, label in zip(x, y):
+        np.testing.assert_array_equal(img, _rgb(images[label]))
+
+
+def test_jpeg_decodes_close_to_source_and_grayscale_jpeg_gives_three_equal_channels(tmp_path):
+    images = [_image(i, gray=(i % 2 == 1)) for i in range(6)]
+    write_build(tmp_path, images, fmts=["jpeg"] * 6, splits=("val",))
+    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=4))
+    for img, label in zip(x, y):
+        # The accurate IDCT matches PIL (Keras' load_img) exactly; allow one level for other
+        # libjpeg builds. (TF's default IDCT differs by up to 4 and fails this.)
+        pil = Image.open(io.BytesIO(_encode(images[label], "jpeg"))).convert("RGB")
+        diff = np.abs(img.astype(int) - np.asarray(pil).astype(int))
+        assert diff.max() <= 1, (diff.mean(), diff.max())
+        if label % 2 == 1:
+            np.testing.assert_array_equal(img[..., 0], img[..., 1])
+            np.testing.assert_array_equal(img[..., 0], img[..., 2])
+
+
+@pytest.mark.parametrize("storage", ["jpeg", "raw"])
+@pytest.mark.parametrize("size", [64, 32, 16, 48])
+def test_mixed_size_images_are_resized_bilinear_and_rounded(tmp_path, storage, size):
+    sizes = [(64, 64), (40, 48), (64, 64), (17, 90), (64, 64)]
+    images = [_image(i, h, w, gray=(i == 1)) for i, (h, w) in enumerate(sizes)]
+    write_build(tmp_path, images, storage=storage, splits=("val",))
+    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=5, image_size=size))
+    assert x.shape == (5, size, size, 3)
+    for img, label in zip(x, y):
+        np.testing.assert_array_equal(img, _resized(images[label], size))
+
+
+@pytest.mark.parametrize("size", [64, 24])
+def test_raw_storage_uniform_batches_match_the_source(tmp_path, size):
+    images = [_image(i) for i in range(N)]
+    write_build(tmp_path, images, storage="raw", shards=2, splits=("val",))
+    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=6, image_size=size))
+    for img, label in zip(x, y):
+        np.testing.assert_array_equal(img, _resized(images[label], size))
+
+
+def test_resize_to_the_stored_size_is_skipped():
+    images = tf.zeros([2, 64, 64, 3], tf.uint8)
+    assert pipeline.resize_images(images, 64) is images
+    assert pipeline.resize_images(images, 32).shape == (2, 32, 32, 3)
+
+
+# -------------------------------------------------------------------------------- training ---
+
+def test_training_shuffles_repeats_by_whole_epochs_and_drops_the_remainder(png_build):
+    ds = pipeline.make_dataset(png_build[0], "train", batch_size=8, image_size=32)
+    batches = list(ds.take(5))  # 40 examples = exactly two epochs of 20
+    for x, y in batches:
+        assert x.shape == (8, 32, 32, 3) and x.dtype == tf.uint8 and y.dtype == tf.int32
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    assert np.bincount(labels, minlength=N).tolist() == [2] * N
+    assert labels[:N].tolist() != list(range(N))  # shuffled
+    assert sorted(labels[:N]) == list(range(N))  # the first epoch is complete before the next
+    assert labels[:N].tolist() != labels[N:].tolist()  # reshuffled per epoch
+    assert ds.element_spec[0].shape == (8, 32, 32, 3)  # static shape (drop remainder)
+
+
+def _seed_stamp(images, seed):
+    """An augmentation whose output reveals the seed it was given (TF ops only)."""
+    value = tf.cast(tf.math.floormod(seed[0] ^ seed[1], 251), tf.uint8)
+    return tf.zeros_like(images) + value
+
+
+def _first_batches(build, n=4, **kwargs):
+    ds = pipeline.make_dataset(build, "train", batch_size=8, image_size=16, **kwargs)
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+
+def test_same_seed_gives_the_same_batches_and_another_seed_differs(png_build):
+    flip = lambda images, seed: tf.where(  # noqa: E731
+        tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], seed) < 0.5,
+        tf.reverse(images, [2]), images)
+    a = _first_batches(png_build[0], seed=3, augment=flip)
+    b = _first_batches(png_build[0], seed=3, augment=flip)
+    c = _first_batches(png_build[0], seed=4, augment=flip)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert any(not np.array_equal(ya, yc) for (_, ya), (_, yc) in zip(a, c))
+
+
+def test_augment_gets_a_stateless_seed_per_batch_from_seed_pipeline_and_index(png_build):
+    batches = _first_batches(png_build[0], n=5, seed=7, augment=_seed_stamp)
+    stamps = [int(x[0, 0, 0, 0]) for x, _ in batches]
+    for x, _ in batches:
+        assert (x == x[0, 0, 0, 0]).all()  # applied to the whole batch with one seed
+    expected = []
+    for i in range(5):
+        s = pipeline.batch_seed(7, 0, i).numpy()
+        expected.append(int((s[0] ^ s[1]) % 251))
+    assert stamps == expected
+    assert len(set(stamps)) > 1
+    other_pipeline = pipeline.batch_seed(7, 1, 0).numpy()
+    assert not np.array_equal(other_pipeline, pipeline.batch_seed(7, 0, 0).numpy())
+
+
+def test_cache_keeps_eval_batches_and_still_reshuffles_training_epochs(png_build):
+    build = png_build[0]
+    x0, y0 = _collect(pipeline.make_dataset(build, "val", batch_size=6))
+    cached = pipeline.make_dataset(build, "val", batch_size=6, cache=True)
+    for _ in range(2):  # the second pass reads the cache
+        x1, y1 = _collect(cached)
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
+    ds = pipeline.make_dataset(build, "train", batch_size=10, cache=True)
+    labels = np.concatenate([y.numpy() for _, y in ds.take(6)])
+    epochs = labels.reshape(3, N)
+    for e in epochs:
+        assert sorted(e) == list(range(N))
+    assert epochs[0].tolist() != epochs[1].tolist()
+    images = next(iter(ds))[0].numpy()
+    assert images.dtype == np.uint8 and images.shape == (10, 64, 64, 3)
+
+
+# --------------------------------------------------------------------- graph has no Python ---
+
+def _graph_ops(ds) -> set:
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(ds._as_serialized_graph().numpy())
+    ops = {n.op for n in graph.node}
+    for fn in graph.library.function:
+        ops |= {n.op for n in fn.node_def}
+    return ops
+
+
+def test_pipeline_graph_has_no_python_functions(png_build):
+    flip = lambda images, seed: tf.image.stateless_random_flip_left_right(images, seed)  # noqa
+    for split, kwargs in [("train", dict(augment=flip, cache=True)),
+                          ("train", dict(augment=flip, deterministic=False)),
+                          ("val", dict(image_size=32))]:
+        ops = _graph_ops(pipeline.make_dataset(png_build[0], split, batch_size=4, **kwargs))
+        assert "ParseExample" in ops or "ParseExampleV2" in ops  # the walk sees functions
+        assert not ops & PY_OPS, ops & PY_OPS
+    # The check itself can fail: a py_function augmentation is caught.
+    bad = lambda images, seed: tf.py_function(lambda x: x, [images], tf.uint8)  # noqa: E731
+    ops = _graph_ops(pipeline.make_dataset(png_build[0], "train", batch_size=4, augment=bad))
+    assert ops & PY_OPS
+
+
+# ------------------------------------------------------------------------ multiple replicas ---
+
+@pytest.mark.parametrize("shards", [4, 1])  # shard files / shard examples
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_input_pipelines_partition_the_examples(tmp_path, shards, split):
+    write_build(tmp_path, [_image(i, 8, 8) for i in range(N)], shards=shards)
+    seen = []
+    for pid in range(2):
+        ds = pipeline.make_dataset(str(tmp_path), split, batch_size=3, image_size=8,
+                                   repeat=False, drop_remainder=False,
+                                   num_input_pipelines=2, input_pipeline_id=pid)
+        seen.append(_collect(ds)[1].tolist())
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(N))
+
+
+_MIRRORED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tinyimagenet_tfrecords import pipeline
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for split in ("val", "train"):
+        fn = pipeline.make_input_fn(sys.argv[1], split, global_batch_size=8, image_size=16,
+                                    repeat=False)
+        dist = strategy.distribute_datasets_from_function(fn)
+        per_replica = [[], []]
+        shapes = set()
+        for images, labels in dist:
+            for r, (x, y) in enumerate(zip(strategy.experimental_local_results(images),
+                                           strategy.experimental_local_results(labels))):
+                per_replica[r] += y.numpy().tolist()
+                shapes.add(tuple(x.shape))
+        print(json.dumps({"replicas": strategy.num_replicas_in_sync, "labels": per_replica,
+                          "shapes": sorted(shapes)}))
+""")
+
+
+def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path):
+    # Logical devices must be configured before TF initialises them: a fresh process keeps
+    # that away from every other test in this pytest run.
+    write_build(tmp_path, [_image(i, 16, 16) for i in range(36)], shards=3)
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line) for line in out.stdout.strip().splitlines()[-2:]]
+    for split, result in zip(("val", "train"), results):
+        assert result["replicas"] == 2
+        a, b = result["labels"]
+        assert a and b  # both replicas get data
+        assert not set(a) & set(b)
+        total = sorted(a + b)
+        if split == "val":
+            assert total == list(range(36))
+        else:  # training drops the remainder of the global batch: 36 // 8 steps of 2 x 4
+            assert len(total) == 32 and len(set(total)) == 32
+        assert [4, 16, 16, 3] in result["shapes"]  # per-replica batch = 8 / 2
