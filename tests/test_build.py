@@ -570,3 +570,141 @@ def test_unfinished_folder_is_not_replaced_without_overwrite(tmp_path):
         build_quiet(src, out)
     build_quiet(src, out, overwrite=True)
     manifest_lib.load_manifest(str(out))
+
+
+# --- Zip read in place, and download ----------------------------------------------------------
+
+
+def make_zip(root: str, zip_path: str, prefix: str = "tiny-imagenet-200/") -> str:
+    """Zips the folder ``root`` as the official zip does (deflated, under ``prefix``)."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        if prefix:
+            zf.writestr(prefix, b"")  # the directory entry the official zip has
+        for dirpath, _, names in sorted(os.walk(root)):
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                zf.write(path, prefix + os.path.relpath(path, root).replace(os.sep, "/"))
+    return zip_path
+
+
+@pytest.fixture(scope="module")
+def sample_zip(tmp_path_factory):
+    if not os.path.isdir(SAMPLE):
+        pytest.skip("real sample not present")
+    return make_zip(SAMPLE, str(tmp_path_factory.mktemp("zip") / "tiny-imagenet-200.zip"))
+
+
+def shard_shas(manifest) -> dict:
+    return {split: [s["sha256"] for s in v["shards"]] for split, v in manifest["splits"].items()}
+
+
+@needs_sample
+def test_sample_zip_read_in_place_reads_back_as_source_rgb(sample_zip, sample_builds, tmp_path):
+    out = tmp_path / "from_zip"
+    manifest = build.build_dataset(sample_zip, str(out), workers=2, progress=False)
+    assert_build_equals_source(str(out), SAMPLE)
+    # Same arguments but the source: byte-identical shards to the folder build.
+    assert shard_shas(manifest) == shard_shas(manifest_lib.load_manifest(sample_builds["jpeg"]))
+    assert not os.path.exists(os.path.join(str(tmp_path), "tiny-imagenet-200"))  # no extraction
+
+
+@pytest.mark.parametrize("prefix", ["", "some/deeper/tiny-imagenet-200/"])
+def test_zip_with_or_without_top_folder_reads_back_as_source_rgb(tmp_path, prefix):
+    src = tiny_dataset(tmp_path)
+    zip_path = make_zip(src, str(tmp_path / "tin.zip"), prefix=prefix)
+    out = tmp_path / "out"
+    build_quiet(zip_path, out, storage="raw")
+    assert_build_equals_source(str(out), src)
+
+
+class _ZipServer(http.server.BaseHTTPRequestHandler):
+    """Serves ``payload`` at any path; honours ``Range: bytes=N-``; can drop a response."""
+
+    payload = b""
+    cut_next_at = None  # send only this many body bytes of the next response, then close
+    honour_range = True
+    requests: list = []
+
+    def do_GET(self):  # noqa: N802
+        cls = type(self)
+        cls.requests.append(self.headers.get("Range"))
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and cls.honour_range:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range",
+                             f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}")
+        else:
+            self.send_response(200)
+        body = cls.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if cls.cut_next_at is not None:
+            body, cls.cut_next_at = body[: cls.cut_next_at], None
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def zip_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ZipServer)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    _ZipServer.requests, _ZipServer.cut_next_at, _ZipServer.honour_range = [], None, True
+    try:
+        yield _ZipServer, f"http://127.0.0.1:{server.server_address[1]}/tiny-imagenet-200.zip"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@needs_sample
+def test_sample_downloaded_from_url_builds_the_same_shards(zip_server, sample_zip,
+                                                           sample_builds, tmp_path):
+    handler, url = zip_server
+    with open(sample_zip, "rb") as f:
+        handler.payload = f.read()
+    sha = hashlib.sha256(handler.payload).hexdigest()
+    handler.cut_next_at = len(handler.payload) // 3  # the first response breaks off
+    out = tmp_path / "from_url"
+    manifest = build.build_dataset(url, str(out), sha256=sha, workers=2, progress=False,
+                                   download_dir=str(tmp_path / "dl"))
+    assert handler.requests == [None, f"bytes={len(handler.payload) // 3}-"]  # resumed
+    assert (tmp_path / "dl" / "tiny-imagenet-200.zip").read_bytes() == handler.payload
+    assert shard_shas(manifest) == shard_shas(manifest_lib.load_manifest(sample_builds["jpeg"]))
+    assert manifest["args"]["src"] == url and manifest["args"]["sha256"] == sha
+
+
+def test_partial_download_from_an_earlier_run_is_resumed(zip_server, tmp_path):
+    handler, url = zip_server
+    handler.payload = os.urandom(300_000)
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    (dl / "tiny-imagenet-200.zip.part").write_bytes(handler.payload[:123_456])
+    path = download.fetch(url, str(dl), sha256=hashlib.sha256(handler.payload).hexdigest(),
+                          progress=False)
+    assert handler.requests == ["bytes=123456-"]
+    assert open(path, "rb").read() == handler.payload
+    assert not (dl / "tiny-imagenet-200.zip.part").exists()
+
+
+def test_server_ignoring_range_restarts_the_download(zip_server, tmp_path):
+    handler, url = zip_server
+    handler.payload, handler.honour_range = os.urandom(100_000), False
+    (tmp_path / "tiny-imagenet-200.zip.part").write_bytes(b"stale bytes")
+    path = download.fetch(url, str(tmp_path), progress=False)
+    assert open(path, "rb").read() == handler.payload
+
+
+def test_download_with_sha256_mismatch_is_refused(zip_server, tmp_path):
+    handler, url = zip_server
+    src = tiny_dataset(tmp_path)
+    handler.payload = open(make_zip(src, str(tmp_path / "tin.zip")), "rb").read()
+    out = tmp_path / "out"
+    with pytest.raises(download.DownloadError, match="does not match"):
+        build_quiet(url, out, sha256="0" * 64, download_dir=str(tmp_path / "dl"))
+    assert no_finished_output(out)
+    assert os.listdir(tmp_path / "dl") == []  # the bad download is not kept
