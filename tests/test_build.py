@@ -708,3 +708,84 @@ def test_download_with_sha256_mismatch_is_refused(zip_server, tmp_path):
         build_quiet(url, out, sha256="0" * 64, download_dir=str(tmp_path / "dl"))
     assert no_finished_output(out)
     assert os.listdir(tmp_path / "dl") == []  # the bad download is not kept
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+from tinyimagenet_tfrecords import verify  # noqa: E402
+
+
+@pytest.fixture
+def tiny_build(tmp_path):
+    src = tiny_dataset(tmp_path)
+    out = tmp_path / "out"
+    build_quiet(src, out, storage="raw")
+    return out
+
+
+def _edit_manifest(build_dir, edit) -> None:
+    path = os.path.join(str(build_dir), "manifest.json")
+    with open(path) as f:
+        m = json.load(f)
+    edit(m)
+    with open(path, "w") as f:
+        json.dump(m, f)
+
+
+@needs_sample
+def test_verify_accepts_the_sample_build(sample_builds):
+    assert verify.verify_build(sample_builds["jpeg"]) == {"train": 5000, "val": 500, "test": 100}
+
+
+def test_verify_names_a_shard_whose_bytes_changed(tiny_build):
+    shard = tiny_build / "val-00000-of-00001.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(verify.VerifyError, match="val-00000-of-00001.tfrecord: sha256 differs"):
+        verify.verify_build(str(tiny_build))
+
+
+def test_verify_catches_a_corrupt_record_even_with_a_matching_sha256(tiny_build):
+    shard = tiny_build / "train-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside some record's data: its CRC no longer matches
+    shard.write_bytes(bytes(data))
+    sha = hashlib.sha256(bytes(data)).hexdigest()
+    _edit_manifest(tiny_build, lambda m: m["splits"]["train"]["shards"][1].update(sha256=sha))
+    with pytest.raises(verify.VerifyError, match="train-00001-of-00002.tfrecord: unreadable"):
+        verify.verify_build(str(tiny_build), decode=False)
+
+
+def test_verify_catches_counts_that_differ_from_the_shards(tiny_build):
+    w0 = synthetic.synthetic_wnid(0)
+    _edit_manifest(tiny_build, lambda m: m["splits"]["train"]["per_class"].update({w0: 5}))
+    with pytest.raises(verify.VerifyError, match=f"per_class counts differ.*{w0}"):
+        verify.verify_build(str(tiny_build), decode=False)
+
+
+def test_verify_catches_a_label_that_does_not_match_its_wnid(tiny_build):
+    _edit_manifest(tiny_build, lambda m: m["classes"][-1].update(wnid="n99999999"))
+    with pytest.raises(verify.VerifyError, match=r"record \d+ .*label 2 does not match wnid"):
+        verify.verify_build(str(tiny_build), decode=False)
+
+
+def test_verify_catches_missing_and_unlisted_shards(tiny_build):
+    extra = tiny_build / "train-00002-of-00002.tfrecord"
+    extra.write_bytes(b"")
+    with pytest.raises(verify.VerifyError, match="shards not in the manifest"):
+        verify.verify_build(str(tiny_build), decode=False)
+    extra.unlink()
+    (tiny_build / "test-00000-of-00001.tfrecord").unlink()
+    with pytest.raises(verify.VerifyError, match="test-00000-of-00001.tfrecord: missing shard"):
+        verify.verify_build(str(tiny_build), decode=False)
+
+
+def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build):
+    cmd = [sys.executable, "-m", "tinyimagenet_tfrecords.verify", str(tiny_build)]
+    ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    (tiny_build / "val-00000-of-00001.tfrecord").write_bytes(b"")
+    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "val-00000-of-00001.tfrecord: sha256 differs" in bad.stderr.strip().splitlines()[-1]

@@ -1,0 +1,186 @@
+"""Re-reads a build and checks it against its manifest.
+
+    python -m tinyimagenet_tfrecords.verify data/tin-jpeg
+    python -m tinyimagenet_tfrecords.verify data/tin-jpeg --nodecode   # framing + counts only
+
+Checks, naming the shard (and record) at fault: the manifest loads and its classes are the
+sorted wnids labelled 0..N-1; no shard is missing and no unlisted shard is present; every
+shard's sha256; every record's TFRecord CRCs (TF's reader) and features; labels in range and
+matching their wnid (-1 and no box for test); filenames unique per split; IMAGE_FORMAT agrees
+with the storage; every image decodes (``features.decode_image``, as the pipeline does) to
+``[HEIGHT, WIDTH, 3]``; the example counts per shard, split and class.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import sys
+
+from tinyimagenet_tfrecords import features
+from tinyimagenet_tfrecords import manifest as manifest_lib
+from tinyimagenet_tfrecords.manifest import BuildError
+
+
+class VerifyError(BuildError):
+    """The build does not match its manifest; the message names the file (and record)."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_classes(build_dir: str, manifest: dict) -> list[str]:
+    where = manifest_lib.manifest_path(build_dir)
+    classes = manifest.get("classes", [])
+    wnids = [c["wnid"] for c in classes]
+    if [c["label"] for c in classes] != list(range(len(classes))):
+        raise VerifyError(f"{where}: class labels are not 0..{len(classes) - 1} in order")
+    if wnids != sorted(set(wnids)):
+        raise VerifyError(f"{where}: class wnids are not sorted and unique")
+    if manifest.get("num_classes") != len(classes):
+        raise VerifyError(f"{where}: num_classes {manifest.get('num_classes')} but "
+                          f"{len(classes)} classes listed")
+    if manifest.get("storage") not in features.STORAGE_FORMATS:
+        raise VerifyError(f"{where}: unknown storage {manifest.get('storage')!r}")
+    return wnids
+
+
+def _records(path: str, decode: bool):
+    """Yields numpy batches of the checked fields of every record of one shard."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, features.PARSE_SPEC)
+        out = {k: ex[k] for k in (features.LABEL, features.WNID, features.FILENAME,
+                                  features.IMAGE_FORMAT, features.HEIGHT, features.WIDTH,
+                                  features.BBOX)}
+        out["size"] = tf.strings.length(ex[features.IMAGE], unit="BYTE")
+        if decode:
+            image = features.decode_image(ex[features.IMAGE], ex[features.IMAGE_FORMAT],
+                                          ex[features.HEIGHT], ex[features.WIDTH])
+            out["shape"] = tf.shape(image, out_type=tf.int64)
+        return out
+
+    dataset = (tf.data.TFRecordDataset(path, buffer_size=8 << 20)
+               .map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(512))
+    return dataset.as_numpy_iterator()
+
+
+def verify_build(build_dir: str, *, decode: bool = True) -> dict:
+    """Checks ``build_dir`` against its manifest; returns ``{split: num_examples}``.
+
+    Args:
+      build_dir: a finished build folder.
+      decode: also decode every image (the slow part; framing, features and counts are
+        always checked).
+
+    Raises:
+      manifest.BuildError: not a finished build of this schema.
+      VerifyError: naming the shard (and record index) of the first mismatch.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    manifest = manifest_lib.load_manifest(build_dir)
+    wnids = _check_classes(build_dir, manifest)
+    storage = manifest["storage"]
+    allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
+    where = manifest_lib.manifest_path(build_dir)
+    listed = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
+    present = {n for n in os.listdir(build_dir) if n.endswith(".tfrecord")}
+    if present - listed:
+        raise VerifyError(f"{build_dir}: shards not in the manifest: {sorted(present - listed)}")
+    summary = {}
+    for split, info in manifest["splits"].items():
+        per_class: collections.Counter = collections.Counter()
+        names: set = set()
+        total = 0
+        for shard in info["shards"]:
+            path = os.path.join(build_dir, shard["file"])
+            if not os.path.isfile(path):
+                raise VerifyError(f"{path}: missing shard (listed in {where})")
+            if _sha256(path) != shard["sha256"]:
+                raise VerifyError(f"{path}: sha256 differs from {where}")
+            count = 0
+            try:
+                for batch in _records(path, decode):
+                    _check_batch(batch, path, count, split, wnids, allowed_formats, decode, np)
+                    for i, name in enumerate(batch[features.FILENAME]):
+                        if name in names:
+                            raise VerifyError(f"{path}: record {count + i}: file name "
+                                              f"{name.decode()} repeated in split {split}")
+                        names.add(name)
+                    per_class.update(w.decode() for w in batch[features.WNID] if w)
+                    count += len(batch[features.LABEL])
+            except tf.errors.OpError as e:
+                raise VerifyError(f"{path}: unreadable after record {count}: "
+                                  f"{e.message.splitlines()[0]}") from e
+            if count != shard["num_examples"]:
+                raise VerifyError(f"{path}: {count} records, {where} says "
+                                  f"{shard['num_examples']}")
+            total += count
+        if total != info["num_examples"]:
+            raise VerifyError(f"{where}: split {split} has {total} examples in its shards but "
+                              f"num_examples {info['num_examples']}")
+        if dict(per_class) != info["per_class"]:
+            diff = sorted(w for w in set(per_class) | set(info["per_class"])
+                          if per_class.get(w, 0) != info["per_class"].get(w, 0))
+            raise VerifyError(f"{where}: split {split} per_class counts differ from the shards "
+                              f"for {diff[:5]}")
+        summary[split] = total
+    return summary
+
+
+def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode, np) -> None:
+    labels = batch[features.LABEL]
+    for i, label in enumerate(labels):
+        at = f"{path}: record {offset + i} ({batch[features.FILENAME][i].decode()})"
+        wnid = batch[features.WNID][i].decode()
+        if split == "test":
+            if label != features.NO_LABEL or wnid:
+                raise VerifyError(f"{at}: test example has label {label} / wnid {wnid!r}")
+        elif not 0 <= label < len(wnids) or wnids[label] != wnid:
+            raise VerifyError(f"{at}: label {label} does not match wnid {wnid!r}")
+        fmt = batch[features.IMAGE_FORMAT][i]
+        if fmt not in allowed_formats:
+            raise VerifyError(f"{at}: image format {fmt.decode()!r} in a build stored as "
+                              f"{sorted(f.decode() for f in allowed_formats)}")
+        h, w = int(batch[features.HEIGHT][i]), int(batch[features.WIDTH][i])
+        if fmt == b"raw" and batch["size"][i] != h * w * 3:
+            raise VerifyError(f"{at}: {batch['size'][i]} raw bytes for {h}x{w}x3")
+        if decode and tuple(batch["shape"][i]) != (h, w, 3):
+            raise VerifyError(f"{at}: decodes to {tuple(batch['shape'][i])}, expected "
+                              f"{(h, w, 3)}")
+        box = batch[features.BBOX][i]
+        if split == "test" and tuple(box) != features.NO_BBOX:
+            raise VerifyError(f"{at}: test example has a box {tuple(box)}")
+
+
+def main(argv) -> int:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if len(argv) != 2:
+        print("usage: python -m tinyimagenet_tfrecords.verify BUILD_DIR [--nodecode]",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = verify_build(argv[1], decode=flags.FLAGS.decode)
+    except BuildError as e:
+        print(f"verify: error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{split} {n}" for split, n in summary.items())
+    print(f"verify: {argv[1]}: OK ({counts} examples"
+          f"{', every image decoded' if flags.FLAGS.decode else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_bool("decode", True, "Decode every image (else framing, features, counts).")
+    app.run(lambda argv: sys.exit(main(argv)))
