@@ -589,10 +589,14 @@ class FusedGeometry(core.Augmenter):
                 raise TypeError(f"{child!r} has no sample_matrix; it cannot be fused")
         self.children = list(children)
 
+    def child_seeds(self, seed):
+        """The seed each child gets (``[n, 2]``): the same draws as running it alone."""
+        return _split(seed, max(len(self.children), 1))
+
     def apply(self, images, seed):
         height, width = _spatial(images)
         batch = tf.shape(images)[0]
-        seeds = _split(seed, max(len(self.children), 1))
+        seeds = self.child_seeds(seed)
         matrices = [c.sample_matrix(seeds[i], batch, height, width)
                     for i, c in enumerate(self.children)]
         if not matrices:
