@@ -363,3 +363,46 @@ def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path
         else:  # training drops the remainder of the global batch: 36 // 8 steps of 2 x 4
             assert len(total) == 32 and len(set(total)) == 32
         assert [4, 16, 16, 3] in result["shapes"]  # per-replica batch = 8 / 2
+
+
+# ---------------------------------------------------------- the real sample, real converter ---
+
+@pytest.fixture(scope="module")
+def sample_build(tmp_path_factory):
+    """The real sample (read in place) converted by ``build.build_dataset``."""
+    build = pytest.importorskip("tinyimagenet_tfrecords.build")
+    if not os.path.isdir(SAMPLE):
+        pytest.skip(f"{SAMPLE} not present")
+    out = str(tmp_path_factory.mktemp("sample") / "build")
+    return out, build.build_dataset(SAMPLE, out, workers=1, progress=False)
+
+
+def _pil_rgb(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_build):
+    build_dir, manifest = sample_build
+    labels_of = {c["wnid"]: c["label"] for c in manifest["classes"]}
+    expected = {}  # pixel bytes -> label, from the dataset folder via PIL (as Keras loads it)
+    with open(os.path.join(SAMPLE, "val", "val_annotations.txt")) as f:
+        for line in f:
+            name, wnid = line.split("\t")[:2]
+            img = _pil_rgb(os.path.join(SAMPLE, "val", "images", name))
+            expected[img.tobytes()] = labels_of[wnid]
+    x, y = _collect(pipeline.make_dataset(build_dir, "val", batch_size=64))
+    assert len(y) == manifest["splits"]["val"]["num_examples"] == len(expected)
+    got = {img.tobytes(): int(label) for img, label in zip(x, y)}
+    assert got == expected  # every image once, decoded exactly as PIL does, right label
+
+
+def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_build):
+    build_dir, manifest = sample_build
+    per_class = manifest["splits"]["train"]["per_class"]
+    counts = np.zeros(manifest["num_classes"], int)
+    ds = pipeline.make_dataset(build_dir, "train", batch_size=100, image_size=32)
+    for x, y in ds.take(manifest["splits"]["train"]["num_examples"] // 100):
+        assert x.shape == (100, 32, 32, 3) and x.dtype == tf.uint8
+        counts += np.bincount(y.numpy(), minlength=len(counts))
+    expected = [per_class[c["wnid"]] for c in manifest["classes"]]
+    assert counts.tolist() == expected  # one whole epoch, before any example repeats
