@@ -1,0 +1,159 @@
+"""imgaug's combinators, batched: ``Sometimes``, ``Sequential``, ``SomeOf``, ``Identity``.
+
+Under XLA every branch is computed for the whole batch and ``tf.where`` keeps, per image,
+the branch that image drew: on a 64x64 batch this costs less than gathering sub-batches and
+keeps shapes static. ``Sequential(random_order=True)`` draws one permutation per batch (an
+argsort of stateless uniforms) and runs position ``i`` through ``tf.switch_case(perm[i])``,
+so only one op per position executes.
+
+Integer inputs are quantised after every child with that child's own rounding (see
+``photometric.quantize``), which is what an all-uint8 imgaug pipeline does between ops.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from augment.core import Augmenter, as_seed, from_float, to_float
+from augment.geometry import uniform
+from augment.photometric import quantize, sample_bernoulli, split
+
+
+def run_child(child: Augmenter, images: tf.Tensor, seed: tf.Tensor, dtype: tf.DType):
+    """``child`` on float32 ``images`` as if they were held in ``dtype`` between ops."""
+    if isinstance(child, Combinator):
+        return child.apply_as(images, seed, dtype)
+    return quantize(child.apply(images, seed), dtype, getattr(child, "ROUNDING", "round"))
+
+
+class Combinator(Augmenter):
+    """An Augmenter made of children; keeps the caller's dtype semantics down the tree."""
+
+    def __call__(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        return from_float(self.apply_as(to_float(images), as_seed(seed), images.dtype),
+                          images.dtype)
+
+    def apply(self, images, seed):
+        return self.apply_as(images, seed, tf.float32)
+
+    def apply_as(self, images, seed, dtype):  # pragma: no cover
+        raise NotImplementedError
+
+
+def _select(chosen: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+    return tf.where(chosen[:, None, None, None], new, old)
+
+
+class Identity(Augmenter):
+    """imgaug ``Identity``/``Noop``: returns the batch unchanged (the ``none`` recipe)."""
+
+    def __call__(self, images, seed):
+        return tf.convert_to_tensor(images)
+
+    def apply(self, images, seed):
+        return images
+
+
+class Sometimes(Combinator):
+    """imgaug ``Sometimes(p, then_list, else_list)``: one Bernoulli(p) per image."""
+
+    def __init__(self, p, then_list, else_list=None):
+        self.p = p
+        self.then_list = _as_augmenter(then_list)
+        self.else_list = None if else_list is None else _as_augmenter(else_list)
+
+    def apply_as(self, images, seed, dtype):
+        s_coin, s_then, s_else = tf.unstack(split(seed, 3))
+        chosen = sample_bernoulli(s_coin, [tf.shape(images)[0]], self.p)
+        then = run_child(self.then_list, images, s_then, dtype)
+        other = images if self.else_list is None else run_child(self.else_list, images,
+                                                                s_else, dtype)
+        return _select(chosen, then, other)
+
+
+class Sequential(Combinator):
+    """imgaug ``Sequential(children, random_order)``.
+
+    With ``random_order`` one permutation is drawn per batch; each child always receives the
+    same sub-seed whatever its position, so the order is the only thing that changes.
+    """
+
+    def __init__(self, children, random_order=False):
+        self.children = [_as_augmenter(c) for c in children]
+        self.random_order = random_order
+
+    def apply_as(self, images, seed, dtype):
+        n = len(self.children)
+        if n == 0:
+            return images
+        seeds = split(seed, n + 1)
+        if not self.random_order:
+            for k, child in enumerate(self.children):
+                images = run_child(child, images, seeds[k], dtype)
+            return images
+        perm = tf.argsort(uniform([n], seeds[n]))
+
+        def body(i, x):
+            branches = [_branch(child, x, seeds[k], dtype)
+                        for k, child in enumerate(self.children)]
+            return i + 1, tf.ensure_shape(tf.switch_case(perm[i], branches), images.shape)
+
+        # A loop over positions compiles each child once (not once per position).
+        _, images = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), images),
+                                  maximum_iterations=n)
+        return images
+
+
+def _branch(child, images, seed, dtype):
+    # Binds the loop variables now; tf.switch_case calls the branch later.
+    return lambda: run_child(child, images, seed, dtype)
+
+
+class SomeOf(Combinator):
+    """imgaug ``SomeOf(n, children, random_order=False)``.
+
+    Per image ``n ~ U{lo..hi}`` (``hi=None``: all children) of the children, a random subset
+    (the ranks of stateless uniforms below ``n``), applied in list order. ``n`` may also be an
+    int (exactly that many).
+    """
+
+    def __init__(self, n, children, random_order=False):
+        self.children = [_as_augmenter(c) for c in children]
+        if isinstance(n, int):
+            n = (n, n)
+        lo, hi = n
+        self.n = (int(lo), len(self.children) if hi is None else min(int(hi),
+                                                                      len(self.children)))
+        if random_order:
+            raise NotImplementedError("SomeOf(random_order=True) is not implemented; wrap the "
+                                      "children in Sequential(random_order=True) instead")
+        self.random_order = False
+
+    def active_mask(self, seed, batch) -> tf.Tensor:
+        """``[B, K]`` bool: which children each image gets (``n`` per image, uniform subset)."""
+        s_n, s_subset = tf.unstack(split(seed, 2))
+        k = len(self.children)
+        lo, hi = self.n
+        count = lo + tf.cast(uniform([batch, 1], s_n) * (hi - lo + 1), tf.int32)
+        order = uniform([batch, k], s_subset)
+        ranks = tf.argsort(tf.argsort(order, axis=1), axis=1)
+        return ranks < count
+
+    def apply_as(self, images, seed, dtype):
+        k = len(self.children)
+        if k == 0:
+            return images
+        seeds = split(seed, k + 1)
+        active = self.active_mask(seeds[k], tf.shape(images)[0])
+        for j, child in enumerate(self.children):
+            images = _select(active[:, j], run_child(child, images, seeds[j], dtype), images)
+        return images
+
+
+def _as_augmenter(child):
+    if isinstance(child, Augmenter):
+        return child
+    if isinstance(child, (list, tuple)):
+        return Sequential(list(child))
+    raise TypeError(f"expected an Augmenter or a list of them, got {child!r}")

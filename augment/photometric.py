@@ -1,0 +1,425 @@
+"""Pixel-value ops of imgaug 0.4, batched: blur, coarse dropout, multiply, contrast, noise.
+
+Each op exists twice:
+
+* a deterministic function (``gaussian_blur``, ``coarse_dropout``, ``multiply``,
+  ``linear_contrast``, ``additive_noise``) that takes the batch and explicit per-image
+  parameters in imgaug's units, so its arithmetic can be tested against a definition;
+* a random :class:`~augment.core.Augmenter` (``GaussianBlur``, ``CoarseDropout``,
+  ``Multiply``, ``LinearContrast``/``ContrastNormalization``, ``AdditiveGaussianNoise``)
+  that samples those parameters per image from a stateless seed and calls the function.
+
+Integer (uint8) results follow imgaug's rounding: ``Multiply`` and ``LinearContrast`` build
+their uint8 lookup tables with ``astype(uint8)``, i.e. they *floor*; blur (cv2) and additive
+noise (noise rounded before adding) *round*. Float inputs are clipped to 0..255 but never
+rounded. The class attribute ``ROUNDING`` says which, so combinators can quantise after every
+op of a chain exactly as an all-uint8 imgaug pipeline does.
+
+Everything here compiles under ``tf.function(jit_compile=True)``: no binomial sampler, no
+dynamic shapes (per-image sizes become index arithmetic on a static maximum grid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from augment.core import Augmenter, as_seed, from_float, split_seed, to_float
+from augment.geometry import uniform, xla_safe_seed
+
+# --------------------------------------------------------------------------------------------
+# dtype helpers
+
+
+def quantize(images: tf.Tensor, dtype: tf.DType, rounding: str = "round") -> tf.Tensor:
+    """Float pixels as an integer ``dtype`` would hold them (still float32).
+
+    Args:
+      images: float32 pixels.
+      dtype: the caller's dtype; float dtypes leave ``images`` unchanged.
+      rounding: ``"floor"`` (imgaug's LUT ops: Multiply, LinearContrast) or ``"round"``.
+    """
+    if not tf.as_dtype(dtype).is_integer:
+        return images
+    images = tf.clip_by_value(images, 0.0, 255.0)
+    return tf.floor(images) if rounding == "floor" else tf.round(images)
+
+
+def split(seed, n: int) -> tf.Tensor:
+    """``n`` child seeds ``[n, 2]``; the sign bit is cleared first (see ``xla_safe_seed``)."""
+    return split_seed(xla_safe_seed(seed), n)
+
+
+def _finish(out: tf.Tensor, dtype: tf.DType, rounding: str) -> tf.Tensor:
+    return from_float(quantize(out, dtype, rounding), dtype)
+
+
+class PixelAugmenter(Augmenter):
+    """An Augmenter whose integer results use imgaug's rounding (``ROUNDING``)."""
+
+    ROUNDING = "round"
+
+    def __call__(self, images, seed):
+        images = tf.convert_to_tensor(images)
+        return _finish(self.apply(to_float(images), as_seed(seed)), images.dtype, self.ROUNDING)
+
+
+# --------------------------------------------------------------------------------------------
+# parameter sampling (imgaug's number | (a, b) | [choices] conventions)
+
+
+def _is_range(spec) -> bool:
+    return isinstance(spec, tuple) and len(spec) == 2
+
+
+def normal(seed, shape) -> tf.Tensor:
+    """float32 N(0, 1) by Box-Muller on ``geometry.uniform`` (same eagerly and under XLA).
+
+    ``tf.random.stateless_normal`` differs between XLA and the CPU kernels like the float
+    uniforms do.
+    """
+    u = uniform(tf.concat([[2], tf.cast(shape, tf.int32)], 0), seed)
+    radius = tf.sqrt(-2.0 * tf.math.log(1.0 - u[0]))
+    return radius * tf.cos((2.0 * np.pi) * u[1])
+
+
+def sample_uniform(seed, shape, spec) -> tf.Tensor:
+    """float32 samples of ``spec``: a number (constant) or a tuple ``(a, b)`` (uniform)."""
+    if _is_range(spec):
+        lo, hi = float(spec[0]), float(spec[1])
+        return uniform(shape, seed, lo, hi)
+    if isinstance(spec, (int, float)):
+        return tf.fill(shape, tf.constant(float(spec), tf.float32))
+    raise ValueError(f"expected a number or a (min, max) tuple, got {spec!r}")
+
+
+def sample_bernoulli(seed, shape, p) -> tf.Tensor:
+    """bool samples that are True with probability ``p`` (a bool or a number in 0..1).
+
+    A uniform compared with ``p``: ``StatelessRandomBinomial`` has no XLA kernel.
+    """
+    p = float(p)
+    if p <= 0.0:
+        return tf.zeros(shape, tf.bool)
+    if p >= 1.0:
+        return tf.ones(shape, tf.bool)
+    return uniform(shape, seed) < p
+
+
+def sample_per_channel(seed, batch: int | tf.Tensor, channels: int, spec, per_channel) -> tf.Tensor:
+    """``[B, C]`` values of ``spec``: per channel for a ``per_channel`` fraction of images.
+
+    imgaug decides per image (probability ``per_channel``) whether to draw one value per
+    channel or one for the whole image; here both are drawn and the choice selects.
+    """
+    s_val, s_pc = tf.unstack(split(seed, 2))
+    values = sample_uniform(s_val, [batch, channels], spec)
+    per_ch = sample_bernoulli(s_pc, [batch, 1], per_channel)
+    return tf.where(per_ch, values, values[:, :1])
+
+
+def _channels(images: tf.Tensor) -> int:
+    c = images.shape[-1]
+    if c is None:
+        raise ValueError("augment ops need a static channel count")
+    return int(c)
+
+
+def _dim(images: tf.Tensor, axis: int):
+    """A static size when known (XLA needs one), else a scalar tensor."""
+    d = images.shape[axis]
+    return int(d) if d is not None else tf.shape(images)[axis]
+
+
+# --------------------------------------------------------------------------------------------
+# Multiply, LinearContrast, AdditiveGaussianNoise
+
+
+def _per_image(values: tf.Tensor) -> tf.Tensor:
+    """``[B]`` or ``[B, C]`` parameters broadcast against ``[B, H, W, C]``."""
+    values = tf.convert_to_tensor(values, tf.float32)
+    if values.shape.rank == 1:
+        values = values[:, None]
+    return values[:, None, None, :]
+
+
+def multiply(images, mul) -> tf.Tensor:
+    """``clip(v * mul)``; uint8 results floored like imgaug's lookup table.
+
+    Args:
+      images: ``[B, H, W, C]`` uint8 or float pixels in 0..255.
+      mul: ``[B]`` (one per image) or ``[B, C]`` (per channel) multipliers.
+    Returns:
+      The images in their own dtype.
+    """
+    images = tf.convert_to_tensor(images)
+    out = tf.clip_by_value(to_float(images) * _per_image(mul), 0.0, 255.0)
+    return _finish(out, images.dtype, "floor")
+
+
+def linear_contrast(images, alpha) -> tf.Tensor:
+    """``clip(127 + alpha * (v - 127))``; uint8 floored (imgaug's uint8 LUT, pivot int(127.5)).
+
+    Args:
+      images: ``[B, H, W, C]`` uint8 or float pixels in 0..255.
+      alpha: ``[B]`` or ``[B, C]`` contrast factors.
+    """
+    images = tf.convert_to_tensor(images)
+    out = tf.clip_by_value(127.0 + _per_image(alpha) * (to_float(images) - 127.0), 0.0, 255.0)
+    return _finish(out, images.dtype, "floor")
+
+
+def additive_noise(images, noise) -> tf.Tensor:
+    """``clip(v + noise)``; uint8 rounded (imgaug rounds the noise, adds, clips).
+
+    Args:
+      images: ``[B, H, W, C]`` pixels.
+      noise: ``[B, H, W, 1]`` (same noise on every channel) or ``[B, H, W, C]``.
+    """
+    images = tf.convert_to_tensor(images)
+    out = tf.clip_by_value(to_float(images) + tf.cast(noise, tf.float32), 0.0, 255.0)
+    return _finish(out, images.dtype, "round")
+
+
+class Multiply(PixelAugmenter):
+    """imgaug ``Multiply(mul, per_channel)``: multipliers ~ U(mul) per image (or channel)."""
+
+    ROUNDING = "floor"
+
+    def __init__(self, mul=(0.8, 1.2), per_channel=False):
+        self.mul = mul
+        self.per_channel = per_channel
+
+    def apply(self, images, seed):
+        mul = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.mul,
+                                 self.per_channel)
+        return tf.clip_by_value(images * _per_image(mul), 0.0, 255.0)
+
+
+class LinearContrast(PixelAugmenter):
+    """imgaug ``LinearContrast(alpha, per_channel)`` (= ``ContrastNormalization``), pivot 127."""
+
+    ROUNDING = "floor"
+
+    def __init__(self, alpha=(0.6, 1.4), per_channel=False):
+        self.alpha = alpha
+        self.per_channel = per_channel
+
+    def apply(self, images, seed):
+        alpha = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.alpha,
+                                   self.per_channel)
+        return tf.clip_by_value(127.0 + _per_image(alpha) * (images - 127.0), 0.0, 255.0)
+
+
+ContrastNormalization = LinearContrast
+
+
+class AdditiveGaussianNoise(PixelAugmenter):
+    """imgaug ``AdditiveGaussianNoise(loc=0, scale, per_channel)``: ``v + N(0, scale)``.
+
+    ``scale`` is a number or a ``(a, b)`` range sampled per image. With ``per_channel``
+    false (imgaug's default) one noise value per pixel is shared by all channels; a float is
+    the fraction of images that get independent noise per channel.
+    """
+
+    def __init__(self, scale=0.05 * 255, per_channel=False):
+        self.scale = scale
+        self.per_channel = per_channel
+
+    def apply(self, images, seed):
+        s_scale, s_noise, s_pc = tf.unstack(split(seed, 3))
+        batch = tf.shape(images)[0]
+        scale = sample_uniform(s_scale, [batch], self.scale)
+        channels = _channels(images) if self.per_channel else 1
+        noise = normal(s_noise, tf.concat([tf.shape(images)[:3], [channels]], 0))
+        if self.per_channel:
+            shared = sample_bernoulli(s_pc, [batch], self.per_channel)
+            noise = tf.where(shared[:, None, None, None], noise, noise[..., :1])
+        return tf.clip_by_value(images + noise * scale[:, None, None, None], 0.0, 255.0)
+
+
+# --------------------------------------------------------------------------------------------
+# GaussianBlur
+
+
+def blur_kernel_size(sigma):
+    """imgaug's kernel size for ``sigma`` (a Python float): 3.3/2.9/2.6 sigma, >= 5, odd."""
+    factor = 3.3 if sigma < 3.0 else (2.9 if sigma < 5.0 else 2.6)
+    ksize = int(max(factor * sigma, 5))
+    return ksize + 1 if ksize % 2 == 0 else ksize
+
+
+def max_blur_kernel_size(sigma_max: float) -> int:
+    """The largest kernel any sigma in ``[0, sigma_max]`` gets (the rule is not monotonic)."""
+    candidates = [sigma_max] + [s for s in (np.nextafter(3.0, 0), np.nextafter(5.0, 0))
+                                if s < sigma_max]
+    return max(blur_kernel_size(float(s)) for s in candidates)
+
+
+def _kernel_size_tf(sigma: tf.Tensor) -> tf.Tensor:
+    """Per-image int32 kernel sizes, the same rule as :func:`blur_kernel_size`."""
+    factor = tf.where(sigma < 3.0, 3.3, tf.where(sigma < 5.0, 2.9, 2.6))
+    ksize = tf.cast(tf.maximum(factor * sigma, 5.0), tf.int32)
+    return ksize + 1 - ksize % 2
+
+
+def gaussian_taps(sigma, max_ksize: int, eps: float = 1e-3) -> tf.Tensor:
+    """``[B, max_ksize]`` 1-D kernels: each image's own imgaug kernel, zero-padded.
+
+    Taps outside an image's own radius are zero and the rest renormalised, so a batch shares
+    one static kernel width yet each image is blurred exactly as cv2 would with its own
+    ``ksize``. ``sigma <= eps`` gives the identity kernel (imgaug skips the blur).
+    """
+    sigma = tf.convert_to_tensor(sigma, tf.float32)
+    radius = max_ksize // 2
+    t = tf.range(-radius, radius + 1, dtype=tf.float32)[None, :]
+    own_radius = tf.cast(_kernel_size_tf(sigma) // 2, tf.float32)[:, None]
+    safe = tf.maximum(sigma, eps)[:, None]
+    w = tf.exp(-(t * t) / (2.0 * safe * safe)) * tf.cast(tf.abs(t) <= own_radius, tf.float32)
+    w = w / tf.reduce_sum(w, axis=1, keepdims=True)
+    identity = tf.cast(tf.equal(t, 0.0), tf.float32)
+    return tf.where((sigma <= eps)[:, None], identity, w)
+
+
+def reflect101_index(idx: np.ndarray, size: int) -> np.ndarray:
+    """Indices mirrored at the border without repeating the edge (cv2 BORDER_REFLECT_101)."""
+    if size == 1:
+        return np.zeros_like(idx)
+    period = 2 * (size - 1)
+    m = np.mod(idx, period)
+    return np.where(m > size - 1, period - m, m)
+
+
+def _reflect_onehot(size: int, ksize: int) -> np.ndarray:
+    """``[size, ksize, size]``: one-hot of the source pixel of tap ``t`` for output ``y``."""
+    radius = ksize // 2
+    src = reflect101_index(np.arange(size)[:, None] + np.arange(-radius, radius + 1)[None, :],
+                           size)
+    return np.eye(size, dtype=np.float32)[src]
+
+
+def blur_matrices(taps: tf.Tensor, size: int) -> tf.Tensor:
+    """``[B, size, size]`` banded matrices: ``out = M @ column`` is the reflect-101 blur."""
+    onehot = tf.constant(_reflect_onehot(size, int(taps.shape[-1])))
+    return tf.einsum("bt,ytx->byx", taps, onehot)
+
+
+def gaussian_blur(images, sigma, max_ksize: int | None = None) -> tf.Tensor:
+    """Separable Gaussian blur with per-image ``sigma``, as imgaug/cv2 do it.
+
+    Implemented as two banded matrix products per image (``M_h @ img @ M_w^T``), the
+    reflect-101 border folded into the matrices: on CPU under XLA this measured faster than
+    shifted slices or ``depthwise_conv2d`` (see ``python -m augment.bench --blur``).
+
+    Args:
+      images: ``[B, H, W, C]`` uint8 or float pixels (H, W static).
+      sigma: ``[B]`` standard deviations in pixels.
+      max_ksize: the static kernel width; default: the largest kernel of ``max(sigma)``
+        (only possible eagerly), pass :func:`max_blur_kernel_size` of the range otherwise.
+    """
+    images = tf.convert_to_tensor(images)
+    if max_ksize is None:
+        max_ksize = max_blur_kernel_size(float(np.max(np.asarray(sigma))))
+    out = _blur_float(to_float(images), tf.convert_to_tensor(sigma, tf.float32), max_ksize)
+    return _finish(out, images.dtype, "round")
+
+
+def _blur_float(images: tf.Tensor, sigma: tf.Tensor, max_ksize: int) -> tf.Tensor:
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError("GaussianBlur needs static image height and width")
+    taps = gaussian_taps(sigma, max_ksize)
+    m_h = blur_matrices(taps, int(height))
+    m_w = m_h if width == height else blur_matrices(taps, int(width))
+    out = tf.einsum("byh,bhwc->bywc", m_h, images)
+    return tf.einsum("bxw,bywc->byxc", m_w, out)
+
+
+class GaussianBlur(PixelAugmenter):
+    """imgaug ``GaussianBlur(sigma)``: sigma ~ U(a, b) per image, identity at sigma <= 1e-3."""
+
+    def __init__(self, sigma=(0.0, 3.0)):
+        self.sigma = sigma
+        hi = sigma[1] if _is_range(sigma) else sigma
+        self._max_ksize = max_blur_kernel_size(float(hi))
+
+    def apply(self, images, seed):
+        sigma = sample_uniform(seed, [tf.shape(images)[0]], self.sigma)
+        return _blur_float(images, sigma, self._max_ksize)
+
+
+# --------------------------------------------------------------------------------------------
+# CoarseDropout
+
+
+def low_res_size(fraction: tf.Tensor, size: int, min_size: int = 3) -> tf.Tensor:
+    """imgaug ``FromLowerResolution``: ``max(int(fraction * size), min_size)`` (int32)."""
+    return tf.maximum(tf.cast(fraction * float(size), tf.int32), min_size)
+
+
+def nearest_cells(low: tf.Tensor, size: int) -> tf.Tensor:
+    """``[B, size]`` low-res cell of each full-res pixel: ``floor(y * low / size)``.
+
+    Nearest-neighbour upsampling of a ``low``-cell mask, in exact integer arithmetic.
+    """
+    return (tf.range(size, dtype=tf.int32)[None, :] * low[:, None]) // size
+
+
+def coarse_dropout(images, keep_low, h_low, w_low) -> tf.Tensor:
+    """Multiply by a low-resolution keep mask, nearest-upsampled per image.
+
+    Args:
+      images: ``[B, H, W, C]`` pixels (H, W static).
+      keep_low: ``[B, Hmax, Wmax, C or 1]`` 0/1 (or bool) keep mask on a grid at least as
+        large as every image's own; image ``b`` uses its top-left ``h_low[b] x w_low[b]``.
+      h_low, w_low: ``[B]`` int32 low-resolution mask sizes.
+    """
+    images = tf.convert_to_tensor(images)
+    out = to_float(images) * _upsample_mask(tf.cast(keep_low, tf.float32),
+                                            tf.convert_to_tensor(h_low, tf.int32),
+                                            tf.convert_to_tensor(w_low, tf.int32),
+                                            int(images.shape[1]), int(images.shape[2]))
+    return _finish(out, images.dtype, "round")
+
+
+def _upsample_mask(keep_low, h_low, w_low, height: int, width: int) -> tf.Tensor:
+    rows = nearest_cells(h_low, height)
+    cols = nearest_cells(w_low, width)
+    mask = tf.gather(keep_low, rows, axis=1, batch_dims=1)
+    return tf.gather(mask, cols, axis=2, batch_dims=1)
+
+
+class CoarseDropout(PixelAugmenter):
+    """imgaug ``CoarseDropout(p, size_percent, per_channel, min_size=3)``.
+
+    Per image: drop probability ~ U(p); mask height and width from their own draws of
+    ``size_percent``; per-channel masks for a ``per_channel`` fraction of images. The cells
+    are drawn on the largest grid the range allows and each image reads its own corner.
+    """
+
+    def __init__(self, p=(0.02, 0.1), size_percent=(0.02, 0.05), per_channel=False,
+                 min_size=3):
+        self.p = p
+        self.size_percent = size_percent
+        self.per_channel = per_channel
+        self.min_size = min_size
+
+    def apply(self, images, seed):
+        height, width = images.shape[1], images.shape[2]
+        if height is None or width is None:
+            raise ValueError("CoarseDropout needs static image height and width")
+        height, width, channels = int(height), int(width), _channels(images)
+        batch = tf.shape(images)[0]
+        s_p, s_size, s_pc, s_cells = tf.unstack(split(seed, 4))
+        p = sample_uniform(s_p, [batch], self.p)
+        frac = sample_uniform(s_size, [batch, 2], self.size_percent)
+        h_low = low_res_size(frac[:, 0], height, self.min_size)
+        w_low = low_res_size(frac[:, 1], width, self.min_size)
+        hi = self.size_percent[1] if _is_range(self.size_percent) else self.size_percent
+        h_max = max(int(float(hi) * height), self.min_size)
+        w_max = max(int(float(hi) * width), self.min_size)
+        cells = uniform([batch, h_max, w_max, channels], s_cells)
+        keep = tf.cast(cells >= p[:, None, None, None], tf.float32)
+        per_ch = sample_bernoulli(s_pc, [batch, 1, 1, 1], self.per_channel)
+        keep = tf.where(per_ch, keep, keep[..., :1])
+        return images * _upsample_mask(keep, h_low, w_low, height, width)
