@@ -781,11 +781,11 @@ def test_verify_catches_missing_and_unlisted_shards(tiny_build):
         verify.verify_build(str(tiny_build), decode=False)
 
 
-def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build):
-    cmd = [sys.executable, "-m", "tinyimagenet_tfrecords.verify", str(tiny_build)]
-    ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, capsys):
+    assert verify.run(str(tiny_build)) == 0
+    assert "OK (train 12, val 6, test 3 examples" in capsys.readouterr().out
     (tiny_build / "val-00000-of-00001.tfrecord").write_bytes(b"")
+    cmd = [sys.executable, "-m", "tinyimagenet_tfrecords.verify", str(tiny_build)]
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "val-00000-of-00001.tfrecord: sha256 differs" in bad.stderr.strip().splitlines()[-1]

@@ -119,7 +119,12 @@ def serialize_example(
 # BytesList { repeated bytes value = 1; }  Int64List { repeated int64 value = 1 [packed]; }
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
     value &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement, as protobuf encodes negatives
     out = bytearray()
     while value > 0x7F:
@@ -129,21 +134,35 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _len_delimited(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+def _size(n: int) -> int:
+    """Bytes of a length-delimited field (tag, varint length, payload) of payload size n."""
+    return 1 + len(_varint(n)) + n
 
 
-def _bytes_feature(value: bytes) -> bytes:
-    return _len_delimited(0x0A, _len_delimited(0x0A, value))  # Feature.bytes_list.value
+_KEY_FIELDS = {k: b"\x0a" + _varint(len(k)) + k.encode()
+               for k in (IMAGE, IMAGE_FORMAT, HEIGHT, WIDTH, LABEL, WNID, FILENAME, BBOX)}
 
 
-def _ints_feature(values) -> bytes:
-    packed = b"".join(_varint(v) for v in values)
-    return _len_delimited(0x1A, _len_delimited(0x0A, packed))  # Feature.int64_list.value
+def _entry_parts(key: str, list_tag: bytes, payload: bytes) -> list[bytes]:
+    """Map entry {key, Feature{<list_tag>: List{value: payload}}}, as parts to join once.
+
+    Sizes are computed arithmetically so the (up to 12 KB) payload is copied only once.
+    """
+    key_field = _KEY_FIELDS[key]
+    n = len(payload)
+    list_size = _size(n)          # BytesList / Int64List message
+    feature_size = _size(list_size)  # Feature message
+    body = len(key_field) + _size(feature_size)
+    return [b"\x0a", _varint(body), key_field, b"\x12", _varint(feature_size), list_tag,
+            _varint(list_size), b"\x0a", _varint(n), payload]
 
 
-def _map_entry(key: str, feature: bytes) -> bytes:
-    return _len_delimited(0x0A, _len_delimited(0x0A, key.encode()) + _len_delimited(0x12, feature))
+def _bytes_parts(key: str, value: bytes) -> list[bytes]:
+    return _entry_parts(key, b"\x0a", value)  # Feature.bytes_list = 1
+
+
+def _ints_parts(key: str, values) -> list[bytes]:
+    return _entry_parts(key, b"\x1a", b"".join(_varint(v) for v in values))  # int64_list = 3
 
 
 def encode_example(
@@ -159,21 +178,17 @@ def encode_example(
 ) -> bytes:
     """Serializes the same ``tf.train.Example`` as :func:`serialize_example`, without TF.
 
-    Hand-written protobuf wire format (a few microseconds per example), so the converter's
+    Hand-written protobuf wire format (~10 microseconds per example), so the converter's
     worker processes never import TensorFlow. ``tf.io.parse_single_example`` with
-    :data:`PARSE_SPEC` reads it back exactly like the ``tf.train.Example`` encoding.
+    :data:`PARSE_SPEC` reads it back exactly like the ``tf.train.Example`` encoding (only
+    the order of the map entries may differ).
     """
-    body = b"".join((
-        _map_entry(IMAGE, _bytes_feature(image)),
-        _map_entry(IMAGE_FORMAT, _bytes_feature(image_format.encode())),
-        _map_entry(HEIGHT, _ints_feature((height,))),
-        _map_entry(WIDTH, _ints_feature((width,))),
-        _map_entry(LABEL, _ints_feature((label,))),
-        _map_entry(WNID, _bytes_feature(wnid.encode())),
-        _map_entry(FILENAME, _bytes_feature(filename.encode())),
-        _map_entry(BBOX, _ints_feature(bbox)),
-    ))
-    return _len_delimited(0x0A, body)  # Example.features
+    parts = (_bytes_parts(IMAGE, image) + _bytes_parts(IMAGE_FORMAT, image_format.encode())
+             + _ints_parts(HEIGHT, (height,)) + _ints_parts(WIDTH, (width,))
+             + _ints_parts(LABEL, (label,)) + _bytes_parts(WNID, wnid.encode())
+             + _bytes_parts(FILENAME, filename.encode()) + _ints_parts(BBOX, bbox))
+    body_size = sum(map(len, parts))
+    return b"".join([b"\x0a", _varint(body_size)] + parts)  # Example.features = 1
 
 
 def decode_image(encoded, image_format, height, width):

@@ -389,11 +389,16 @@ def prepare_image(data: bytes, storage: str, name: str) -> Prepared:
     try:
         image = Image.open(io.BytesIO(data))
         mode, (width, height) = image.mode, image.size
+        keep = storage == "jpeg" and mode in _KEEP_MODES.get(kind, ())
+        if keep and kind == "jpeg":
+            # Only validating: DCT-domain downscaling still entropy-decodes every block (so
+            # truncated or corrupt data still raises) but skips the IDCT and colour work.
+            image.draft(mode, (max(1, width // 8), max(1, height // 8)))
         image.load()
         if storage == "raw":
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             return Prepared(rgb.tobytes(), "raw", height, width)
-        if mode in _KEEP_MODES.get(kind, ()):
+        if keep:
             return Prepared(data, kind, height, width)
         out = io.BytesIO()
         image.convert("RGB").save(out, format="PNG", compress_level=1)

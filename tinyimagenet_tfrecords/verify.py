@@ -162,21 +162,26 @@ def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode, np)
             raise VerifyError(f"{at}: test example has a box {tuple(box)}")
 
 
+def run(build_dir: str, decode: bool = True) -> int:
+    """CLI body: verifies, prints one line (stdout when OK, stderr on error), returns status."""
+    try:
+        summary = verify_build(build_dir, decode=decode)
+    except BuildError as e:
+        print(f"verify: error: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{split} {n}" for split, n in summary.items())
+    print(f"verify: {build_dir}: OK ({counts} examples"
+          f"{', every image decoded' if decode else ''})")
+    return 0
+
+
 def main(argv) -> int:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if len(argv) != 2:
         print("usage: python -m tinyimagenet_tfrecords.verify BUILD_DIR [--nodecode]",
               file=sys.stderr)
         return 2
-    try:
-        summary = verify_build(argv[1], decode=flags.FLAGS.decode)
-    except BuildError as e:
-        print(f"verify: error: {e}", file=sys.stderr)
-        return 1
-    counts = ", ".join(f"{split} {n}" for split, n in summary.items())
-    print(f"verify: {argv[1]}: OK ({counts} examples"
-          f"{', every image decoded' if flags.FLAGS.decode else ''})")
-    return 0
+    return run(argv[1], decode=flags.FLAGS.decode)
 
 
 if __name__ == "__main__":
