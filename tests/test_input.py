@@ -406,3 +406,44 @@ def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_build)
         counts += np.bincount(y.numpy(), minlength=len(counts))
     expected = [per_class[c["wnid"]] for c in manifest["classes"]]
     assert counts.tolist() == expected  # one whole epoch, before any example repeats
+
+
+# ----------------------------------------------------------------------------------- bench ---
+
+def test_student_numpy_recipe_keeps_shape_and_range_and_changes_about_half():
+    from tinyimagenet_tfrecords import bench
+    rng = np.random.default_rng(0)
+    changed = 0
+    for i in range(40):
+        img = _image(i).astype(np.float32)
+        out = bench.student_net2_numpy(img, rng)
+        assert out.shape == img.shape and out.dtype == np.float32
+        assert out.min() >= 0 and out.max() <= 255
+        changed += not np.array_equal(out, img)
+    assert 10 <= changed <= 30  # Sometimes(0.5, ...)
+
+
+def test_bench_measures_every_stage_and_reports_json(sample_build, monkeypatch):
+    import types
+    from tinyimagenet_tfrecords import bench
+    fake = types.ModuleType("fake_augment_for_bench")
+    fake.get_recipe = lambda name: (lambda images, seed: tf.reverse(images, [2]))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    figures = bench.run_bench(
+        sample_build[0], src=None, batch_size=16, image_size=32, resize_sizes=[16],
+        seconds=0.1, max_batches=2, recipe_name="x", augment_module=fake.__name__,
+        stages=set(bench.STAGES), profile=True, trace_dir=None, warmup_seconds=0.0,
+        log=lambda s: None)
+    assert set(figures["stages"]) == {"read_parse", "decode", "resize:32", "resize:16",
+                                      "train", "train_augment", "train_augment_xla",
+                                      "old_way"}  # old way: src from the manifest
+    assert all(v > 0 for v in figures["stages"].values())
+    assert figures["profile"]["decode_ms"] > 0 and "augment_ms" in figures["profile"]
+    assert "| train_augment |" in bench.format_table(figures)
+    assert json.loads(json.dumps(figures)) == figures
+    missing = bench.run_bench(
+        sample_build[0], src=None, batch_size=16, image_size=64, resize_sizes=[],
+        seconds=0.1, max_batches=1, recipe_name="x", augment_module="no_such_module_xyz",
+        stages={"train_augment"}, profile=False, trace_dir=None, warmup_seconds=0.0,
+        log=lambda s: None)
+    assert missing["stages"] == {} and "not importable" in missing["notes"][0]

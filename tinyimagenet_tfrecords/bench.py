@@ -14,6 +14,7 @@ Stages (images/second, each on the same build, one after another):
   batch, parse, decode, resize) without augmentation;
 - ``train_augment``: the same with ``augment.get_recipe(--recipe)`` applied to whole batches
   inside tf.data on the CPU (skipped with a note if ``--augment_module`` does not import);
+- ``train_augment_xla``: the same recipe wrapped in ``tf.function(jit_compile=True)``;
 - ``old_way``: the seed report's loop: Keras ``ImageDataGenerator.flow_from_directory`` over
   the dataset *folder* (one PIL JPEG load per file) with a per-image Python
   ``preprocessing_function``. imgaug does not install with numpy 2, so that function is a
@@ -261,7 +262,7 @@ def profile_ops(files, *, batch_size: int, image_size: int, storage: str, recipe
 def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int,
               resize_sizes, seconds: float, max_batches: Optional[int], recipe_name: str,
               augment_module: str, stages, profile: bool, trace_dir: Optional[str],
-              log: Callable[[str], None] = print) -> dict:
+              warmup_seconds: float = 3.0, log: Callable[[str], None] = print) -> dict:
     """Runs the requested stages on one build and returns ``{stage: images/s, ...}``."""
     manifest = manifest_lib.load_manifest(data)
     files = manifest_lib.shard_paths(data, manifest, "train")
@@ -279,7 +280,8 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
         if name.split(":")[0] not in stages:
             return
         log(f"  measuring {name} ...")
-        m = measure(batches, seconds=seconds, max_batches=max_batches)
+        m = measure(batches, seconds=seconds, max_batches=max_batches,
+                    warmup_seconds=warmup_seconds)
         figures["stages"][name] = round(m["images_per_s"], 1)
         log(f"  {name:24s} {m['images_per_s']:10.0f} images/s  ({m['images']} images, "
             f"{m['seconds']:.1f} s){note}")
@@ -295,9 +297,14 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
         ds = pipeline.make_dataset(data, "train", augment=recipe, **train_kwargs)
         if trace_dir:
             tf.profiler.experimental.start(trace_dir)
-        record(f"train_augment", iter(ds), f"  (recipe {recipe_name})")
+        record("train_augment", iter(ds), f"  (recipe {recipe_name})")
         if trace_dir:
             tf.profiler.experimental.stop()
+    if recipe is not None and "train_augment_xla" in stages:
+        # The same recipe compiled by XLA (CPU) inside tf.data: fused elementwise work.
+        compiled = tf.function(recipe, jit_compile=True, autograph=False)
+        ds = pipeline.make_dataset(data, "train", augment=compiled, **train_kwargs)
+        record("train_augment_xla", iter(ds), f"  (recipe {recipe_name}, jit_compile)")
     if "old_way" in stages:
         if src and os.path.isdir(os.path.join(src, "train")):
             record("old_way", old_way_batches(src, batch_size=batch_size,
@@ -312,8 +319,10 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     st = figures["stages"]
     if "read_parse" in st and "train" in st:
         figures["ceiling_over_train"] = round(st["read_parse"] / st["train"], 2)
-    if "train_augment" in st and "old_way" in st and st["old_way"]:
-        figures["augment_speedup_over_old_way"] = round(st["train_augment"] / st["old_way"], 1)
+    if st.get("old_way"):
+        for key in ("train_augment", "train_augment_xla"):
+            if key in st:
+                figures[f"{key}_speedup_over_old_way"] = round(st[key] / st["old_way"], 1)
     return figures
 
 
@@ -321,7 +330,8 @@ def format_table(figures: dict) -> str:
     rows = [f"| stage | images/s ({figures['storage']} storage, batch {figures['batch_size']}, "
             f"{figures['image_size']} px, {figures['cpus']} CPUs) |", "|---|---:|"]
     rows += [f"| {k} | {v:,.0f} |" for k, v in figures["stages"].items()]
-    for key in ("ceiling_over_train", "augment_speedup_over_old_way"):
+    for key in ("ceiling_over_train", "train_augment_speedup_over_old_way",
+                "train_augment_xla_speedup_over_old_way"):
         if key in figures:
             rows.append(f"| {key} | {figures[key]} |")
     if "profile" in figures:
@@ -331,7 +341,8 @@ def format_table(figures: dict) -> str:
     return "\n".join(rows)
 
 
-STAGES = ("read_parse", "decode", "resize", "train", "train_augment", "old_way")
+STAGES = ("read_parse", "decode", "resize", "train", "train_augment", "train_augment_xla",
+          "old_way")
 
 FLAGS = flags.FLAGS
 
@@ -343,7 +354,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 256, "Images per batch.")
     flags.DEFINE_integer("image_size", 64, "Output side of the pipeline stages.")
     flags.DEFINE_list("resize_sizes", ["32"], "Extra sizes for the resize stage.")
-    flags.DEFINE_float("seconds", 10.0, "Measured seconds per stage (after 3 s warm-up).")
+    flags.DEFINE_float("seconds", 10.0, "Measured seconds per stage (after the warm-up).")
+    flags.DEFINE_float("warmup_seconds", 3.0, "Unmeasured seconds per stage first (thread "
+                       "pools, autotuning, the shuffle buffer).")
     flags.DEFINE_integer("batches", None, "Measure this many batches per stage instead.")
     flags.DEFINE_string("recipe", "student_net2", "augment recipe for train_augment.")
     flags.DEFINE_string("augment_module", "augment", "Module providing get_recipe(name).")
@@ -363,7 +376,8 @@ def main(argv) -> int:
         resize_sizes=[int(s) for s in FLAGS.resize_sizes], seconds=FLAGS.seconds,
         max_batches=FLAGS.batches, recipe_name=FLAGS.recipe,
         augment_module=FLAGS.augment_module, stages=set(FLAGS.stages),
-        profile=FLAGS.profile, trace_dir=FLAGS.trace_dir)
+        profile=FLAGS.profile, trace_dir=FLAGS.trace_dir,
+        warmup_seconds=FLAGS.warmup_seconds)
     print(format_table(figures))
     print(json.dumps(figures, sort_keys=True))
     return 0
