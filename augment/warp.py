@@ -41,7 +41,8 @@ def remap_index(index, size, mode):
     Args:
       index: int32 tensor of coordinates, any shape.
       size: int32 axis length(s), broadcastable to ``index`` (may differ per image).
-      mode: int32 border-mode codes (``PAD_MODES`` indices), broadcastable to ``index``.
+      mode: int32 border-mode codes (``PAD_MODES`` indices), broadcastable to ``index``; a
+        Python int computes only that mode's remapping.
 
     Returns:
       ``(inside, valid)``: int32 coordinates in ``[0, size)`` and a bool mask that is False
@@ -49,22 +50,36 @@ def remap_index(index, size, mode):
     """
     index = tf.cast(index, tf.int32)
     size = tf.maximum(tf.cast(size, tf.int32), 1)
-    mode = tf.cast(mode, tf.int32)
+    static = mode if isinstance(mode, int) else None
     in_range = (index >= 0) & (index < size)
-    clamped = tf.clip_by_value(index, 0, size - 1)
-    # BORDER_REFLECT / numpy "symmetric": period 2n, ... c b a | a b c | c b a ...
-    period = 2 * size
-    m = tf.math.floormod(index, period)
-    symmetric = tf.where(m >= size, period - 1 - m, m)
-    # BORDER_REFLECT_101 / numpy "reflect": period 2n - 2, ... c b | a b c | b a ...
-    period = tf.maximum(2 * size - 2, 1)
-    m = tf.math.floormod(index, period)
-    reflect = tf.where(m >= size, period - m, m)
-    wrap = tf.math.floormod(index, size)
+
+    def clamped():
+        return tf.clip_by_value(index, 0, size - 1)
+
+    def symmetric():  # BORDER_REFLECT / numpy "symmetric": period 2n, ... c b a | a b c | c b a
+        period = 2 * size
+        m = tf.math.floormod(index, period)
+        return tf.where(m >= size, period - 1 - m, m)
+
+    def reflect():  # BORDER_REFLECT_101 / numpy "reflect": period 2n - 2, ... c b | a b c | b a
+        period = tf.maximum(2 * size - 2, 1)
+        m = tf.math.floormod(index, period)
+        return tf.where(m >= size, period - m, m)
+
+    def wrap():
+        return tf.math.floormod(index, size)
+
+    if static is not None:  # one branch only: cheaper when the caller knows the mode
+        if static == MODE_CONSTANT:
+            return clamped(), in_range
+        branch = {MODE_EDGE: clamped, MODE_REFLECT: reflect, MODE_SYMMETRIC: symmetric,
+                  MODE_WRAP: wrap}[static]
+        return branch(), tf.ones_like(in_range)
+    mode = tf.cast(mode, tf.int32)
     inside = tf.where(
-        mode == MODE_WRAP, wrap,
-        tf.where(mode == MODE_SYMMETRIC, symmetric,
-                 tf.where(mode == MODE_REFLECT, reflect, clamped)))
+        mode == MODE_WRAP, wrap(),
+        tf.where(mode == MODE_SYMMETRIC, symmetric(),
+                 tf.where(mode == MODE_REFLECT, reflect(), clamped())))
     valid = in_range | (mode != MODE_CONSTANT)
     return inside, valid
 
@@ -121,7 +136,8 @@ def warp_affine(images, matrix, order=1, mode=MODE_CONSTANT, cval=0.0):
         output pixel samples the source at ``matrix^-1 @ (x, y, 1)``.
       order: 0 (nearest) or 1 (bilinear); a Python int selects one path statically (nearest
         then needs a single gather), a ``[B]`` tensor chooses per image.
-      mode: border mode code(s), an int or ``[B]`` int tensor (``PAD_MODES`` indices).
+      mode: border mode code(s), a Python int (static, cheapest) or ``[B]`` int tensor
+        (``PAD_MODES`` indices).
       cval: fill value(s) for ``constant``: a number, ``[B]`` or ``[B, C]``.
 
     Returns:
@@ -139,18 +155,14 @@ def warp_affine(images, matrix, order=1, mode=MODE_CONSTANT, cval=0.0):
     row = lambda i, j: inv[:, i, j][:, None, None]  # noqa: E731
     src_x = row(0, 0) * xs + row(0, 1) * ys + row(0, 2)
     src_y = row(1, 0) * xs + row(1, 1) * ys + row(1, 2)
-    mode = tf.reshape(tf.broadcast_to(tf.cast(mode, tf.int32), [batch]), [-1, 1, 1])
+    if not isinstance(mode, int):
+        mode = tf.reshape(tf.broadcast_to(tf.cast(mode, tf.int32), [batch]), [-1, 1, 1])
     fill = _fill(cval, batch)
 
-    def taps_at(y, x, weight):
-        yi, vy = remap_index(y, height, mode)
-        xi, vx = remap_index(x, width, mode)
-        return yi, xi, weight, vy & vx
-
     if isinstance(order, int) and order == 0:
-        x0 = tf.cast(tf.floor(src_x + 0.5), tf.int32)
-        y0 = tf.cast(tf.floor(src_y + 0.5), tf.int32)
-        return gather_blend(images, [taps_at(y0, x0, tf.ones_like(src_x))], fill)
+        yi, vy = remap_index(tf.cast(tf.floor(src_y + 0.5), tf.int32), height, mode)
+        xi, vx = remap_index(tf.cast(tf.floor(src_x + 0.5), tf.int32), width, mode)
+        return gather_blend(images, [(yi, xi, tf.ones_like(src_x), vy & vx)], fill)
     if isinstance(order, int) and order != 1:
         raise ValueError(f"order must be 0 or 1, got {order}")
     # Bilinear; per-image nearest collapses to weights (1, 0, 0, 0) at the rounded tap.
@@ -166,8 +178,12 @@ def warp_affine(images, matrix, order=1, mode=MODE_CONSTANT, cval=0.0):
         fy = tf.where(nearest, 0.0, fy)
     x0 = tf.cast(fx0, tf.int32)
     y0 = tf.cast(fy0, tf.int32)
-    taps = [taps_at(y0, x0, (1 - fy) * (1 - fx)), taps_at(y0, x0 + 1, (1 - fy) * fx),
-            taps_at(y0 + 1, x0, fy * (1 - fx)), taps_at(y0 + 1, x0 + 1, fy * fx)]
+    xa, vxa = remap_index(x0, width, mode)
+    xb, vxb = remap_index(x0 + 1, width, mode)
+    ya, vya = remap_index(y0, height, mode)
+    yb, vyb = remap_index(y0 + 1, height, mode)
+    taps = [(ya, xa, (1 - fy) * (1 - fx), vya & vxa), (ya, xb, (1 - fy) * fx, vya & vxb),
+            (yb, xa, fy * (1 - fx), vyb & vxa), (yb, xb, fy * fx, vyb & vxb)]
     return gather_blend(images, taps, fill)
 
 

@@ -250,11 +250,23 @@ def test_affine_matches_numpy_inverse_mapping_for_every_mode_and_order():
     for i, (o, m) in enumerate(cases):
         want = _np_warp(images[i], matrices[i].astype(np.float64), o, m, cval[i])
         np.testing.assert_allclose(out[i], want, atol=0.05, err_msg=f"order={o} mode={m}")
+    # A static mode (Python int) computes only that remapping: same answers.
+    for k, name in enumerate(MODES):
+        static = g.affine(images, matrices, order=order, mode=k, cval=cval).numpy()
+        for i in [i for i, c in enumerate(cases) if c[1] == name]:
+            np.testing.assert_allclose(static[i], out[i], atol=1e-3)
     # A static order takes the single-gather (nearest) or four-gather path: same answers.
     near = g.affine(images, matrices, order=0, mode=mode, cval=cval).numpy()
     for i in range(batch):
         want = _np_warp(images[i], matrices[i].astype(np.float64), 0, cases[i][1], cval[i])
         np.testing.assert_allclose(near[i], want, atol=0.05)
+
+
+def test_materialize_returns_the_same_values():
+    for value in (tf.constant([1.5, -2.0]), tf.constant([[3, -7]]), tf.constant([True, False])):
+        out = g.materialize(value)
+        assert out.dtype == value.dtype
+        np.testing.assert_array_equal(out.numpy(), value.numpy())
 
 
 def test_prevent_zero_size_matches_imgaug():
@@ -282,6 +294,8 @@ def test_crop_and_pad_matches_explicit_numpy_crop_pad_resize(sides, resize):
     for i, mode in enumerate(MODES):
         want = _np_crop_and_pad(images[i], *sides, mode, cval[i])
         np.testing.assert_allclose(out[i], want, atol=0.02, err_msg=mode)
+        static = g.crop_and_pad(images[i:i + 1], *([v] for v in sides), i, cval[i]).numpy()
+        np.testing.assert_allclose(static[0], want, atol=0.02, err_msg=mode)
         if resize is not None:  # the cv2-style reference agrees with TF's own resize here
             tf_want = _np_crop_and_pad(images[i], *sides, mode, cval[i], resize=resize)
             np.testing.assert_allclose(want, tf_want, atol=0.02, err_msg=mode)
