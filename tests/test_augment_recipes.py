@@ -223,3 +223,28 @@ def test_layer_gives_each_replica_its_own_parameters_under_mirrored_strategy():
     assert np.any(step0_r0 != step0_r1), "replicas drew the same parameters"
     assert np.any(step0_r0 != step1_r0), "steps drew the same parameters"
     assert result["counter"] == 2, "one count per step, not per replica"
+
+
+# --------------------------------------------------------------------------------------------
+# grid and bench entry points
+
+SAMPLE = "/work/shared/data/tiny-imagenet-sample"
+
+
+@pytest.mark.skipif(not os.path.isdir(SAMPLE), reason="real data sample not available")
+def test_grid_writes_png_with_one_row_per_image(tmp_path):
+    from PIL import Image
+
+    from augment import grid
+    out = grid.make_grid(SAMPLE, "student_net2", str(tmp_path / "g.png"), n=3, repeats=2,
+                         seed=0, scale=1)
+    with Image.open(out) as im:
+        width, height = im.size
+    assert width == 3 * (64 + 4) + 4 and height == 14 + 3 * (64 + 4) + 4
+
+
+def test_bench_measure_counts_images_per_second():
+    from augment import bench
+    images = tf.constant(_images(batch=4, size=8))
+    result = bench.measure(Multiply((0.9, 1.1)), images, seconds=0.0, jit_compile=False)
+    assert result["calls"] >= 3 and result["images_per_s"] > 0
