@@ -8,6 +8,7 @@ the source, pixel for pixel. Bad inputs use tiny synthetic datasets in tmp dirs.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import http.server
@@ -104,9 +105,18 @@ def source_truth(root: str) -> dict[str, dict]:
 
 
 def pil_rgb(path_or_bytes) -> np.ndarray:
+    """What the source means: PIL's ``.convert("RGB")`` (cached per unchanged file)."""
     if isinstance(path_or_bytes, bytes):
-        path_or_bytes = io.BytesIO(path_or_bytes)
-    with Image.open(path_or_bytes) as im:
+        with Image.open(io.BytesIO(path_or_bytes)) as im:
+            return np.asarray(im.convert("RGB"))
+    stat = os.stat(path_or_bytes)
+    return _pil_rgb_file(path_or_bytes, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=20000)
+def _pil_rgb_file(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    del mtime_ns, size  # cache keys only
+    with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
 

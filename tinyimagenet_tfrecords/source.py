@@ -211,10 +211,12 @@ class Scan:
                 for i, w in enumerate(self.wnids)]
 
 
+_JUNK_NAMES = ("thumbs.db", "desktop.ini")
+
+
 def _is_hidden_or_junk(relpath: str) -> bool:
-    parts = relpath.split("/")
-    return (any(p.startswith(".") for p in parts) or parts[0] == "__MACOSX"
-            or parts[-1].lower() in ("thumbs.db", "desktop.ini"))
+    return (relpath.startswith((".", "__MACOSX/")) or "/." in relpath
+            or relpath.rpartition("/")[2].lower() in _JUNK_NAMES)
 
 
 def _is_image_name(name: str) -> bool:
@@ -233,9 +235,9 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
         in ``wnids.txt``, an empty class, a box or annotation line that is malformed, names an
         unknown wnid or a missing image, an image without its box/annotation, a missing split.
     """
-    files = list_files(ref)
-    stray = sorted(f for f in files if _is_hidden_or_junk(f))
-    files = [f for f in files if not _is_hidden_or_junk(f)]
+    files, stray = [], []
+    for f in list_files(ref):
+        (stray if _is_hidden_or_junk(f) else files).append(f)
     fileset = set(files)
     wnids = _read_wnids(ref)
     wnid_set = set(wnids)
@@ -253,10 +255,10 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected some of {SPLITS}")
-        if not any(f.startswith(split + "/") for f in files):
+        if not any(d == split or d.startswith(split + "/") for d in by_dir):
             raise SourceError(f"{ref.display(split)}: split folder missing or empty")
         if split == "train":
-            entries[split] = _scan_train(ref, files, by_dir, wnids, label_of, used)
+            entries[split] = _scan_train(ref, by_dir, wnids, label_of, used)
         elif split == "val":
             entries[split] = _scan_val(ref, fileset, by_dir, label_of, used)
         else:
@@ -275,9 +277,8 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
     return Scan(ref, wnids, names, entries, stray)
 
 
-def _scan_train(ref, files, by_dir, wnids, label_of, used) -> list[Entry]:
-    folders = sorted({f.split("/")[1] for f in files
-                      if f.startswith("train/") and f.count("/") >= 2})
+def _scan_train(ref, by_dir, wnids, label_of, used) -> list[Entry]:
+    folders = sorted({d.split("/")[1] for d in by_dir if d.startswith("train/")})
     for folder in folders:
         if folder not in label_of:
             raise SourceError(f"{ref.display('train/' + folder)}: train folder not listed in "
@@ -289,8 +290,8 @@ def _scan_train(ref, files, by_dir, wnids, label_of, used) -> list[Entry]:
         if wnid not in folders:
             raise SourceError(f"{ref.display(WNIDS_FILE)}: wnid {wnid} has no train folder "
                               f"{ref.display('train/' + wnid)}")
-        images = sorted((n for n in by_dir.get(images_dir, []) if _is_image_name(n)),
-                        key=_natural_key)
+        # Plain sort: train order is a seeded permutation of this canonical order anyway.
+        images = sorted(n for n in by_dir.get(images_dir, []) if _is_image_name(n))
         if not images:
             raise SourceError(f"{ref.display(images_dir)}: empty class {wnid} (no images)")
         boxes_file = f"train/{wnid}/{wnid}_boxes.txt"
