@@ -19,6 +19,11 @@ all affine maps, so each class offers ``sample_matrix(seed, batch, height, width
 with :func:`compose` (later op on the left) and resample once with
 :func:`augment.warp.warp_affine`, or use :class:`FusedGeometry`.
 
+Randomness is XLA-safe: TF 2.21 gives different stateless draws under ``jit_compile=True``
+than eagerly for float dtypes and for seeds with negative parts, so every draw here goes
+through :func:`xla_safe_seed` and :func:`uniform` / :func:`uniform_int`; sampled parameters
+pass through :func:`materialize` so XLA does not regenerate them once per pixel.
+
 Deviations from imgaug 0.4, all forced by XLA or deliberate:
 
 * Affine ``order`` supports 0 and 1 only (no cubic: XLA has no bicubic). imgaug's default is 1.
@@ -549,7 +554,8 @@ class Affine(core.Augmenter):
             self._shear = (self.shear, self.shear, False)
         orders = [order] if isinstance(order, int) else order
         if not isinstance(orders, list) or not orders or any(o not in (0, 1) for o in orders):
-            raise ValueError(f"order must be 0, 1 or a list of them (XLA has no cubic), got {order!r}")
+            raise ValueError(
+                f"order must be 0, 1 or a list of them (XLA has no cubic), got {order!r}")
         self._orders = tuple(orders)
         self._cval = (0, 255) if cval == ALL else cval
         _check_spec(self._cval, "cval")
