@@ -262,7 +262,8 @@ def profile_ops(files, *, batch_size: int, image_size: int, storage: str, recipe
 def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int,
               resize_sizes, seconds: float, max_batches: Optional[int], recipe_name: str,
               augment_module: str, stages, profile: bool, trace_dir: Optional[str],
-              warmup_seconds: float = 3.0, log: Callable[[str], None] = print) -> dict:
+              warmup_seconds: float = 3.0, deterministic: bool = True,
+              log: Callable[[str], None] = print) -> dict:
     """Runs the requested stages on one build and returns ``{stage: images/s, ...}``."""
     manifest = manifest_lib.load_manifest(data)
     files = manifest_lib.shard_paths(data, manifest, "train")
@@ -270,7 +271,8 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     native = stored_size(files)
     src = src or manifest.get("source")
     figures: dict = {"data": data, "storage": storage, "batch_size": batch_size,
-                     "image_size": image_size, "cpus": os.cpu_count(), "stages": {},
+                     "image_size": image_size, "cpus": os.cpu_count(),
+                     "deterministic": deterministic, "stages": {},
                      "notes": []}
     recipe, why = resolve_recipe(augment_module, recipe_name)
     if recipe is None:
@@ -291,7 +293,8 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     for size in sorted({image_size, *resize_sizes}, reverse=True):
         note = "  (stored size: resize skipped)" if size == native else ""
         record(f"resize:{size}", iter(stage_decode(files, batch_size, size, storage)), note)
-    train_kwargs = dict(batch_size=batch_size, image_size=image_size, training=True)
+    train_kwargs = dict(batch_size=batch_size, image_size=image_size, training=True,
+                        deterministic=deterministic)
     record("train", iter(pipeline.make_dataset(data, "train", **train_kwargs)))
     if recipe is not None and "train_augment" in stages:
         ds = pipeline.make_dataset(data, "train", augment=recipe, **train_kwargs)
@@ -361,6 +364,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("recipe", "student_net2", "augment recipe for train_augment.")
     flags.DEFINE_string("augment_module", "augment", "Module providing get_recipe(name).")
     flags.DEFINE_list("stages", list(STAGES), "Stages to run.")
+    flags.DEFINE_bool("deterministic", True, "Training stages keep a reproducible order.")
     flags.DEFINE_bool("profile", False, "Also time each per-batch op alone (where time goes).")
     flags.DEFINE_string("trace_dir", None, "Write a TF profiler trace of train_augment here.")
     flags.mark_flag_as_required("data")
@@ -377,7 +381,7 @@ def main(argv) -> int:
         max_batches=FLAGS.batches, recipe_name=FLAGS.recipe,
         augment_module=FLAGS.augment_module, stages=set(FLAGS.stages),
         profile=FLAGS.profile, trace_dir=FLAGS.trace_dir,
-        warmup_seconds=FLAGS.warmup_seconds)
+        warmup_seconds=FLAGS.warmup_seconds, deterministic=FLAGS.deterministic)
     print(format_table(figures))
     print(json.dumps(figures, sort_keys=True))
     return 0
