@@ -616,6 +616,8 @@ def test_sample_zip_read_in_place_reads_back_as_source_rgb(sample_zip, sample_bu
     # Same arguments but the source: byte-identical shards to the folder build.
     assert shard_shas(manifest) == shard_shas(manifest_lib.load_manifest(sample_builds["jpeg"]))
     assert not os.path.exists(os.path.join(str(tmp_path), "tiny-imagenet-200"))  # no extraction
+    with open(sample_zip, "rb") as f:
+        assert manifest["source_sha256"] == hashlib.sha256(f.read()).hexdigest()
 
 
 @pytest.mark.parametrize("prefix", ["", "some/deeper/tiny-imagenet-200/"])
@@ -686,6 +688,7 @@ def test_sample_downloaded_from_url_builds_the_same_shards(zip_server, sample_zi
     assert (tmp_path / "dl" / "tiny-imagenet-200.zip").read_bytes() == handler.payload
     assert shard_shas(manifest) == shard_shas(manifest_lib.load_manifest(sample_builds["jpeg"]))
     assert manifest["args"]["src"] == url and manifest["args"]["sha256"] == sha
+    assert manifest["source_sha256"] == sha
 
 
 def test_partial_download_from_an_earlier_run_is_resumed(zip_server, tmp_path):

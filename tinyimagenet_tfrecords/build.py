@@ -413,7 +413,8 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
     try:
         manifest = _write_build(scanned, tmp, shard_counts, splits, storage, seed,
                                 skip_corrupt, workers or os.cpu_count() or 1, progress, stats)
-        manifest.update(args=args, source=src)
+        manifest.update(args=args, source=src, source_sha256=(
+            download.file_sha256(zip_or_dir) if os.path.isfile(zip_or_dir) else None))
         with open(os.path.join(tmp, manifest_lib.MANIFEST_NAME), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
             f.flush()

@@ -147,4 +147,7 @@ def fetch(url: str, dest_dir: str, *, sha256=None, progress: bool = True, retrie
             raise DownloadError(f"{url}: downloaded sha256 {actual} does not match the "
                                 f"expected {sha256}; the download was deleted")
     os.replace(part, path)
+    if progress:
+        print(f"download: {path} complete (sha256 {sha256 or file_sha256(path)})",
+              file=sys.stderr)
     return path
