@@ -18,6 +18,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,6 +36,8 @@ flags.DEFINE_integer("synthetic_val_per_class", 20, "val images per synthetic cl
 # Model.
 flags.DEFINE_string("model", "net2", "net1, net1_student or net2")
 flags.DEFINE_float("width", 1.0, "filter-count multiplier (tiny variants for CPU demos)")
+flags.DEFINE_float("bn_momentum", 0.0, "BatchNorm moving-average momentum; 0 keeps the "
+                   "model's (0.99). Short CPU runs: 0.9")
 # Length and curriculum.
 flags.DEFINE_integer("epochs", 1, "epochs of the single phase used when no --phase is given")
 flags.DEFINE_multi_string("phase", [], "a curriculum phase 'epochs=N[,size=S][,batch=B]"
@@ -80,7 +83,7 @@ flags.DEFINE_integer("stop_after_epoch", 0,
                      "test hook: exit abruptly (os._exit) after this epoch's checkpoint")
 
 _CONFIG_FLAGS = (
-    "data", "out", "model", "width", "batch_size", "steps_per_epoch", "steps_per_call",
+    "data", "out", "model", "width", "bn_momentum", "batch_size", "steps_per_epoch", "steps_per_call",
     "val_image_size", "eval_batch_size", "optimizer", "learning_rate", "epsilon",
     "lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr", "precision", "xla",
     "strategy", "seed", "deterministic", "cache", "checkpoint_every", "keep_checkpoints",
@@ -118,6 +121,7 @@ def _fail(msg: str) -> None:
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # TF's per-step INFO lines drown the progress bar
     if FLAGS.num_logical_cpus > 1:
         from training import strategy as strategy_lib
         strategy_lib.configure_logical_cpus(FLAGS.num_logical_cpus)

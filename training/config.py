@@ -64,6 +64,7 @@ class RunConfig:
     batch_size: int = 128
     steps_per_epoch: int = 0          # 0: ceil(train examples / batch) of each phase
     steps_per_call: int = 1           # train steps per tf.function call (less Python overhead)
+    bn_momentum: float = 0.0          # 0: the model's own (Keras 0.99); lower for short runs
     val_image_size: int = 64
     eval_batch_size: int = 256
     optimizer: str = "adam"
@@ -160,6 +161,7 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(model_names is None or cfg.model in model_names,
          f"--model={cfg.model}: one of {tuple(model_names or ())}")
     need(cfg.width > 0, f"--width={cfg.width}: must be > 0")
+    need(0 <= cfg.bn_momentum < 1, f"--bn_momentum={cfg.bn_momentum}: in [0, 1)")
     need(cfg.learning_rate > 0, f"--learning_rate={cfg.learning_rate}: must be > 0")
     need(cfg.epsilon > 0, f"--epsilon={cfg.epsilon}: must be > 0")
     need(cfg.steps_per_epoch >= 0, f"--steps_per_epoch={cfg.steps_per_epoch}: must be >= 0")

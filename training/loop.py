@@ -127,6 +127,28 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
     return False
 
 
+def set_bn_momentum(model: keras.Model, momentum: float) -> int:
+    """Sets every BatchNormalization layer's moving-average momentum; returns how many.
+
+    Keras' 0.99 needs several hundred steps before the moving statistics used at validation
+    describe the network; short CPU runs (tests, demos) use e.g. 0.9. Full recipes keep 0.99.
+    """
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            n += 1
+    return n
+
+
+def xla_compiled(step: steps_lib.TrainStep) -> bool:
+    """True when every traced variant of the step's inner function is marked for XLA."""
+    concretes = step.compute._list_all_concrete_functions()  # noqa: SLF001 - tracing record
+    return bool(concretes) and all(
+        c.function_def.attr["_XlaMustCompile"].b if "_XlaMustCompile" in c.function_def.attr
+        else False for c in concretes)
+
+
 def _setup_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy(
         "float32" if precision == "float32" else precision)
@@ -176,6 +198,8 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     with strategy.scope():
         model = models.build(cfg.model, num_classes=manifest["num_classes"],
                              image_size=_model_image_size(cfg), width=cfg.width)
+        if cfg.bn_momentum:
+            set_bn_momentum(model, cfg.bn_momentum)
         optimizer = make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
         state = TrainState()
@@ -239,7 +263,10 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
     writer.flush()
     summary = {"epochs": len(history), "best_val_acc": float(state.best_val_acc.numpy()),
-               "last": history[-1] if history else None}
+               "last": history[-1] if history else None,
+               "replicas": strategy.num_replicas_in_sync,
+               "xla_compiled": {"/".join(map(str, sig)): xla_compiled(s)
+                                for sig, s in train_steps.items()}}
     if os.path.isfile(best_path):
         best = evaluate_lib.load_model(best_path)
         report = evaluate_lib.write_report(

@@ -78,7 +78,8 @@ class Triangular2(keras.optimizers.schedules.LearningRateSchedule):
         local = tf.maximum(step - tf.gather(starts, idx), 0.0)
         cycle = tf.floor(1.0 + local / (2.0 * size))
         x = tf.abs(local / size - 2.0 * cycle + 1.0)
-        lr = lo + (hi - lo) * tf.maximum(0.0, 1.0 - x) / tf.pow(2.0, cycle - 1.0)
+        two = tf.constant(2.0, tf.float64)
+        lr = lo + (hi - lo) * tf.nn.relu(1.0 - x) / tf.pow(two, cycle - 1.0)
         return tf.cast(lr, tf.float32)
 
     def get_config(self):
