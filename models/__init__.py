@@ -14,6 +14,8 @@ This package imports only TensorFlow and Keras.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from models.layers import SpaceToDepth
@@ -23,9 +25,9 @@ from models.net2 import build_net2
 __all__ = ["NAMES", "SpaceToDepth", "build", "build_net1", "build_net2"]
 
 _BUILDERS = {
-    "net1": lambda **kw: build_net1(**kw),
-    "net2": lambda **kw: build_net2(**kw),
-    "net1_student": lambda **kw: build_net1(student=True, **kw),
+    "net1": build_net1,
+    "net2": build_net2,
+    "net1_student": functools.partial(build_net1, student=True),
 }
 
 NAMES = tuple(_BUILDERS)

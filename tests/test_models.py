@@ -224,7 +224,8 @@ def test_training_step_runs_under_mirrored_strategy_with_xla():
     out = _run_python("""
         import os, numpy as np, tensorflow as tf, keras
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import models
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         keras.utils.set_random_seed(0)
