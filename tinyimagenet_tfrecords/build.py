@@ -267,7 +267,7 @@ class _Progress:
                 f"{rate:7.0f} img/s ETA {eta_s}")
 
     def _run(self) -> None:
-        last_plain = 0.0
+        last_plain = time.monotonic()  # not a tty (a log): a line every 10 s, and the last
         while not self._stop.wait(0.25):
             if self._tty:
                 sys.stderr.write("\r" + self._line())

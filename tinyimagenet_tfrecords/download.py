@@ -138,8 +138,9 @@ def fetch(url: str, dest_dir: str, *, sha256=None, progress: bool = True, retrie
                 break
             time.sleep(min(0.2 * 2.0 ** attempt, 5.0))
     if last_error is not None:
-        raise DownloadError(f"{url}: download failed ({last_error}); the partial file "
-                            f"{part} is resumed next time") from last_error
+        kept = (f"; the partial file {part} is resumed next time"
+                if os.path.exists(part) and os.path.getsize(part) else "")
+        raise DownloadError(f"{url}: download failed ({last_error}){kept}") from last_error
     if sha256 is not None:
         actual = file_sha256(part)
         if actual.lower() != sha256.strip().lower():
