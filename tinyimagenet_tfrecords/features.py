@@ -1,7 +1,8 @@
 """Feature keys of one Tiny ImageNet example, defined once for the writer and the reader.
 
-The converter serializes with :func:`serialize_example`; the input pipeline parses with
-:data:`PARSE_SPEC`. Keeping both next to the keys means a renamed key cannot silently
+The converter serializes with :func:`encode_example` (TF-free; :func:`serialize_example` is the
+``tf.train.Example`` equivalent); the input pipeline parses with :data:`PARSE_SPEC` and
+decodes with :func:`decode_image`. Keeping both next to the keys means a renamed key cannot silently
 produce empty features on the reading side. Bump ``SCHEMA_VERSION`` on any change here: the
 reader refuses builds written with another schema.
 
@@ -18,12 +19,11 @@ every Tiny ImageNet image. :func:`decode_image` uses the accurate IDCT, which ma
 
 from __future__ import annotations
 
-import struct
-
 SCHEMA_VERSION = 1
 
-# Image bytes: the original file bytes (storage "jpeg"; JPEG or PNG data, never re-encoded)
-# or decoded uint8 RGB in HWC order (storage "raw").
+# Image bytes: the original file bytes (storage "jpeg"; JPEG or PNG data, never re-encoded,
+# except the rare files TF would decode differently from PIL: see IMAGE_FORMATS) or decoded
+# uint8 RGB in HWC order (storage "raw").
 IMAGE = "image/encoded"
 # b"jpeg", b"png" or b"raw": what IMAGE holds, so a reader can decode without sniffing.
 IMAGE_FORMAT = "image/format"
