@@ -43,8 +43,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from augment import core
-from augment.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, mode_index,
-                          remap_index, resize_taps, warp_affine)
+from augment.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, materialize,
+                          mode_index, remap_index, resize_taps, warp_affine)
 
 __all__ = [
     "PAD_MODES", "fliplr", "flipud", "crop_and_pad", "affine", "affine_matrix", "flip_matrix",
@@ -293,25 +293,6 @@ def xla_safe_seed(seed):
     return tf.bitwise.bitwise_and(core.as_seed(seed), tf.constant(0x7FFFFFFF, tf.int32))
 
 
-def materialize(value):
-    """Returns ``value`` unchanged, computed once under XLA instead of once per pixel.
-
-    XLA builds stateless random draws (Philox) from elementwise ops, and its loop fusion then
-    recomputes the whole generator inside every consumer element: a per-image ``cval``
-    broadcast into a 256x64x64x3 blend made Affine 15x slower (measured: 640 vs 9,100
-    images/s). A reduction is never duplicated into its consumers, so a max over
-    ``[value, lowest]`` pins the small parameter tensor in memory at no real cost.
-    """
-    value = tf.convert_to_tensor(value)
-    dtype = value.dtype
-    work = tf.cast(value, tf.int32) if dtype == tf.bool else value
-    lowest = tf.fill(tf.shape(work), tf.constant(work.dtype.min, work.dtype))
-    if work.dtype.is_floating:
-        lowest = tf.fill(tf.shape(work), tf.constant(-float("inf"), work.dtype))
-    out = tf.reduce_max(tf.stack([work, lowest], axis=-1), axis=-1)
-    return tf.cast(out, tf.bool) if dtype == tf.bool else out
-
-
 def _split(seed, n: int):
     return core.split_seed(xla_safe_seed(seed), n)
 
@@ -335,24 +316,61 @@ def uniform(shape, seed, low=0.0, high=1.0):
     return low + (high - low) * unit
 
 
-def _sample(spec, seed, shape, discrete=False):
-    """Draws ``shape`` float32 values from an imgaug shorthand with a stateless seed.
+class _Draws:
+    """All of one op's random numbers from ONE generator call, handed out column by column.
+
+    One ``[B, columns]`` draw keeps a single Philox expansion in the XLA graph per op (each
+    extra generator call costs compile time), and pinning it with :func:`materialize` keeps
+    XLA from regenerating it per pixel.
+    """
+
+    def __init__(self, seed, batch, columns: int):
+        bits = tf.random.stateless_uniform([batch, columns], xla_safe_seed(seed), minval=None,
+                                           maxval=None, dtype=tf.uint32)
+        unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+        self._unit = materialize(unit)
+        self._columns = columns
+        self._next = 0
+
+    def unit(self, width=None):
+        """The next column (``[B]``) or ``width`` columns (``[B, width]``) of U[0, 1)."""
+        n = 1 if width is None else width
+        if self._next + n > self._columns:
+            raise AssertionError("_Draws: more columns requested than drawn")
+        cols = self._unit[:, self._next:self._next + n]
+        self._next += n
+        return cols[:, 0] if width is None else cols
+
+
+def _sample(spec, draws, width=None, discrete=False):
+    """Values from an imgaug shorthand, one column (or ``width`` columns) of ``draws``.
 
     A number is constant; ``(a, b)`` is uniform on ``[a, b]`` (or the integers ``a..b`` when
     ``discrete`` and both ends are ints, like imgaug's DiscreteUniform); a list is a uniform
-    choice among its values.
+    choice among its values. Every spec consumes its columns, so the layout is fixed.
     """
+    u = draws.unit(width)
     if _is_number(spec):
-        return tf.fill(shape, tf.constant(float(spec), tf.float32))
+        return tf.fill(tf.shape(u), tf.constant(float(spec), tf.float32))
     if isinstance(spec, tuple):
         low, high = spec
         if discrete and isinstance(low, int) and isinstance(high, int):
-            ints = uniform_int(shape, seed, low, high + 1)
-            return tf.cast(ints, tf.float32)
-        return uniform(shape, seed, float(low), float(high))
+            ints = tf.minimum(tf.floor(u * (high - low + 1)), float(high - low))
+            return low + ints
+        return float(low) + float(high - low) * u
     values = tf.constant([float(v) for v in spec], tf.float32)
-    idx = uniform_int(shape, seed, 0, len(spec))
-    return tf.gather(values, idx)
+    return tf.gather(values, _index(u, len(spec)))
+
+
+def _index(u, n: int):
+    return tf.minimum(tf.cast(u * n, tf.int32), n - 1)
+
+
+def _sample_choice(codes, draws):
+    u = draws.unit()
+    if len(codes) == 1:
+        return tf.fill(tf.shape(u), tf.constant(codes[0], tf.int32))
+    return tf.gather(tf.constant(codes, tf.int32), _index(u, len(codes)))
 
 
 def _mode_spec(mode, name):
@@ -364,13 +382,6 @@ def _mode_spec(mode, name):
     if isinstance(mode, (list, tuple)) and mode and all(isinstance(m, str) for m in mode):
         return tuple(mode_index(m) for m in mode)
     raise ValueError(f"{name}: expected a mode name, a list of names or 'ALL', got {mode!r}")
-
-
-def _sample_choice(codes, seed, shape):
-    if len(codes) == 1:
-        return tf.fill(shape, tf.constant(codes[0], tf.int32))
-    idx = uniform_int(shape, seed, 0, len(codes))
-    return tf.gather(tf.constant(codes, tf.int32), idx)
 
 
 def _xy(spec, name, default):
@@ -399,8 +410,7 @@ class _Flip(core.Augmenter):
 
     def sample_params(self, seed, batch):
         """``{"flip": bool [B]}``, one Bernoulli(p) per image."""
-        u = uniform([batch], core.as_seed(seed))
-        return {"flip": materialize(u < self.p)}
+        return {"flip": materialize(_Draws(seed, batch, 1).unit() < self.p)}
 
     def sample_matrix(self, seed, batch, height, width):
         flip = self.sample_params(seed, batch)["flip"]
@@ -467,24 +477,24 @@ class CropAndPad(core.Augmenter):
 
     def sample_params(self, seed, batch, height, width):
         """Per-image ``top/right/bottom/left`` (int32 signed pixels), ``pad_mode``, ``pad_cval``."""
-        seeds = _split(seed, 7)
+        draws = _Draws(seed, batch, 6)
         discrete = self.px is not None
         if self._shared and not self.sample_independently:
-            v = _sample(self._sides[0], seeds[0], [batch], discrete)
-            draws = [v, v, v, v]
+            v = _sample(self._sides[0], draws, discrete=discrete)
+            sides = [v, v, v, v]
+            draws.unit(3)  # keep the column layout of the independent case
         else:
-            draws = [_sample(side, seeds[i], [batch], discrete)
-                     for i, side in enumerate(self._sides)]
+            sides = [_sample(side, draws, discrete=discrete) for side in self._sides]
         if discrete:
-            amounts = [tf.cast(tf.round(v), tf.int32) for v in draws]
+            amounts = [tf.cast(tf.round(v), tf.int32) for v in sides]
         else:
             sizes = (height, width, height, width)
-            amounts = [tf.cast(tf.round(v * size), tf.int32) for v, size in zip(draws, sizes)]
+            amounts = [tf.cast(tf.round(v * size), tf.int32) for v, size in zip(sides, sizes)]
         top, right, bottom, left = amounts
         params = {
             "top": top, "right": right, "bottom": bottom, "left": left,
-            "pad_mode": _sample_choice(self._modes, seeds[4], [batch]),
-            "pad_cval": _sample(self.pad_cval, seeds[5], [batch], discrete=True),
+            "pad_mode": _sample_choice(self._modes, draws),
+            "pad_cval": _sample(self.pad_cval, draws, discrete=True),
         }
         return {k: materialize(v) for k, v in params.items()}
 
@@ -568,19 +578,19 @@ class Affine(core.Augmenter):
         ``translate_px``), ``rotate, shear_x, shear_y`` (degrees), ``order`` (int32),
         ``mode`` (int32), ``cval`` (``[B, channels]``).
         """
-        seeds = _split(seed, 10)
+        draws = _Draws(seed, batch, 9 + channels)
         out = {}
-        for name, (xs, ys, independent), i, discrete in (
-                ("scale", self._scale, 0, False),
-                ("translate", self._translate, 2, self.translate_px is not None),
-                ("shear", self._shear, 5, False)):
-            x = _sample(xs, seeds[i], [batch], discrete)
-            y = _sample(ys, seeds[i + 1], [batch], discrete) if independent else x
-            out[name + "_x"], out[name + "_y"] = x, y
-        out["rotate"] = _sample(self.rotate, seeds[4], [batch])
-        out["order"] = _sample_choice(self._orders, seeds[7], [batch])
-        out["mode"] = _sample_choice(self._modes, seeds[8], [batch])
-        cval = _sample(self._cval, seeds[9], [batch, channels])
+        for name, (xs, ys, independent), discrete in (
+                ("scale", self._scale, False),
+                ("translate", self._translate, self.translate_px is not None),
+                ("shear", self._shear, False)):
+            x = _sample(xs, draws, discrete=discrete)
+            y = _sample(ys, draws, discrete=discrete)
+            out[name + "_x"], out[name + "_y"] = x, (y if independent else x)
+        out["rotate"] = _sample(self.rotate, draws)
+        out["order"] = _sample_choice(self._orders, draws)
+        out["mode"] = _sample_choice(self._modes, draws)
+        cval = _sample(self._cval, draws, width=channels)
         out["cval"] = tf.floor(cval)  # cv2.warpAffine(borderValue=tuple(int(v) ...))
         return {k: materialize(v) for k, v in out.items()}
 
