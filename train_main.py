@@ -70,7 +70,6 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "default"],
                   "auto: MirroredStrategy over several GPUs, else default")
 flags.DEFINE_integer("seed", 0, "base seed of initialisation, data order and augmentation")
 flags.DEFINE_bool("deterministic", False, "enable TF op determinism (exact resume/repeat)")
-flags.DEFINE_bool("cache", False, "cache decoded training images in memory")
 flags.DEFINE_integer("checkpoint_every", 1, "checkpoint every N epochs (and at the end)")
 flags.DEFINE_integer("keep_checkpoints", 3, "checkpoints kept")
 flags.DEFINE_integer("misclassified", 36, "images in the final misclassified grid")
@@ -86,7 +85,7 @@ _CONFIG_FLAGS = (
     "data", "out", "model", "width", "bn_momentum", "batch_size", "steps_per_epoch", "steps_per_call",
     "val_image_size", "eval_batch_size", "optimizer", "learning_rate", "epsilon",
     "lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr", "precision", "xla",
-    "strategy", "seed", "deterministic", "cache", "checkpoint_every", "keep_checkpoints",
+    "strategy", "seed", "deterministic", "checkpoint_every", "keep_checkpoints",
     "misclassified", "worst_classes", "make_synthetic_data", "progress", "stop_after_epoch")
 
 

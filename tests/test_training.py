@@ -213,3 +213,44 @@ def test_ranks_of_true_class_give_top_k_like_in_top_k():
     rank = steps_lib.ranks_of_true_class(labels, probs).numpy()
     for k in (1, 5):
         np.testing.assert_array_equal(rank < k, tf.math.in_top_k(labels, probs, k).numpy())
+
+
+def flagfile_phases(name):
+    from training import config as config_lib
+    with open(os.path.join(ROOT, "flags", name)) as f:
+        lines = [line.strip() for line in f]
+    specs = [line.split("=", 1)[1] for line in lines if line.startswith("--phase=")]
+    return [config_lib.parse_phase(s, image_size=64, batch_size=128, augment="none",
+                                   plateau=False) for s in specs]
+
+
+def test_net1_flagfile_is_the_original_245_epoch_curriculum():
+    phases = flagfile_phases("net1.flags")
+    assert sum(p.epochs for p in phases) == 245
+    assert [(p.epochs, p.image_size, p.batch_size) for p in phases[:5]] == [
+        (15, 32, 256), (15, 64, 64), (15, 64, 64), (10, 16, 256), (15, 64, 64)]
+    assert [p.plateau for p in phases] == [True, True, False, False, False, False, True, True]
+    assert [p.augment for p in phases] == ["none"] * 5 + ["original_net1"] * 3
+
+
+def test_phase_spec_inherits_run_defaults_and_rejects_unknown_keys():
+    from training import config as config_lib
+    p = config_lib.parse_phase("epochs=3,size=32", image_size=64, batch_size=128,
+                               augment="student_net2", plateau=True)
+    assert (p.epochs, p.image_size, p.batch_size, p.augment, p.plateau) == (
+        3, 32, 128, "student_net2", True)
+    for bad in ("size=32", "epochs=3,colour=red", "epochs=3,plateau=maybe", "epochs=x"):
+        with pytest.raises(config_lib.ConfigError):
+            config_lib.parse_phase(bad, image_size=64, batch_size=128, augment="none",
+                                   plateau=False)
+
+
+def test_output_folder_check_allows_resume_and_refuses_other_runs(tmp_path):
+    from training import loop
+    fp = {"model": "net2", "seed": 0}
+    assert loop.check_output_folder(str(tmp_path / "new"), fp) is False
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(fp))
+    assert loop.check_output_folder(str(tmp_path / "run"), fp) is True
+    with pytest.raises(loop.RunError, match="seed"):
+        loop.check_output_folder(str(tmp_path / "run"), {**fp, "seed": 1})

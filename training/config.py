@@ -79,7 +79,6 @@ class RunConfig:
     strategy: str = "auto"
     seed: int = 0
     deterministic: bool = False
-    cache: bool = False
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
     misclassified: int = 36

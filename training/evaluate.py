@@ -17,7 +17,6 @@ import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
 from training import reports
 from training import steps as steps_lib

@@ -22,7 +22,6 @@ Output folder (``cfg.out``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -179,6 +178,16 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     num_train = manifest["splits"]["train"]["num_examples"]
     if "val" not in manifest["splits"]:
         raise RunError(f"{cfg.data}: no val split; training needs one")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    _setup_precision(cfg.precision)
+    strategy = strategy_lib.make_strategy(cfg.strategy)
+    for i, p in enumerate(cfg.phases, 1):
+        if p.batch_size % strategy.num_replicas_in_sync:
+            raise RunError(f"phase {i}: global batch {p.batch_size} is not divisible by "
+                           f"{strategy.num_replicas_in_sync} replicas")
+    # Only now, with every input checked, is the output folder touched.
     fingerprint = cfg.fingerprint()
     resuming = check_output_folder(cfg.out, fingerprint)
     os.makedirs(cfg.out, exist_ok=True)
@@ -187,14 +196,8 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     if flags_text:
         reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
 
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    _setup_precision(cfg.precision)
-    strategy = strategy_lib.make_strategy(cfg.strategy)
     _log(f"strategy: {strategy_lib.describe(strategy)}; XLA {'on' if cfg.xla else 'off'}; "
          f"precision {cfg.precision}")
-
     with strategy.scope():
         model = models.build(cfg.model, num_classes=manifest["num_classes"],
                              image_size=_model_image_size(cfg), width=cfg.width)
@@ -221,9 +224,6 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
     for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
         phase_idx, phase = cfg.phase_at(epoch)
-        if phase.batch_size % strategy.num_replicas_in_sync:
-            raise RunError(f"phase {phase_idx + 1}: batch {phase.batch_size} is not divisible "
-                           f"by {strategy.num_replicas_in_sync} replicas")
         step = train_steps.get(phase.signature)
         if step is None:
             recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
@@ -285,8 +285,7 @@ def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_s
     t0 = time.perf_counter()
     input_fn = pipeline.make_input_fn(
         cfg.data, "train", global_batch_size=phase.batch_size, image_size=phase.image_size,
-        training=True, seed=epoch_seed(cfg.seed, epoch), deterministic=cfg.deterministic,
-        cache=cfg.cache)
+        training=True, seed=epoch_seed(cfg.seed, epoch), deterministic=True)
     dataset = strategy.distribute_datasets_from_function(input_fn)
     iterator = iter(dataset)
     lr_now = _current_lr(optimizer)
