@@ -303,6 +303,23 @@ def test_pipeline_graph_has_no_python_functions(png_build):
     assert ops & PY_OPS
 
 
+def _xla_functions(ds) -> int:
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(ds._as_serialized_graph().numpy())
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return sum(1 for n in nodes if n.attr["_XlaMustCompile"].b)
+
+
+def test_augmentation_is_xla_compiled_unless_disabled(png_build):
+    flip = lambda images, seed: tf.image.stateless_random_flip_left_right(images, seed)  # noqa
+    kwargs = dict(batch_size=4, image_size=16, augment=flip)
+    assert _xla_functions(pipeline.make_dataset(png_build[0], "train", **kwargs)) >= 1
+    assert _xla_functions(pipeline.make_dataset(png_build[0], "train", jit_augment=False,
+                                                **kwargs)) == 0
+    x, _ = next(iter(pipeline.make_dataset(png_build[0], "train", **kwargs)))
+    assert x.shape == (4, 16, 16, 3) and x.dtype == tf.uint8
+
+
 # ------------------------------------------------------------------------ multiple replicas ---
 
 @pytest.mark.parametrize("shards", [4, 1])  # shard files / shard examples
@@ -435,10 +452,10 @@ def test_bench_measures_every_stage_and_reports_json(sample_build, monkeypatch):
         stages=set(bench.STAGES), profile=True, trace_dir=None, warmup_seconds=0.0,
         log=lambda s: None)
     assert set(figures["stages"]) == {"read_parse", "decode", "resize:32", "resize:16",
-                                      "train", "train_augment", "train_augment_xla",
+                                      "train", "train_augment", "train_augment_no_xla",
                                       "old_way"}  # old way: src from the manifest
     assert all(v > 0 for v in figures["stages"].values())
-    assert figures["profile"]["decode_ms"] > 0 and "augment_ms" in figures["profile"]
+    assert figures["profile"]["decode_ms"] > 0 and "augment_xla_ms" in figures["profile"]
     assert "| train_augment |" in bench.format_table(figures)
     assert json.loads(json.dumps(figures)) == figures
     missing = bench.run_bench(

@@ -218,6 +218,7 @@ def make_dataset(
     num_input_pipelines: int = 1,
     input_pipeline_id: int = 0,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    jit_augment: bool = True,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(images uint8 [B, S, S, 3], labels int32 [B])`` for a split.
 
@@ -238,7 +239,8 @@ def make_dataset(
         shuffle, so epochs are still reshuffled). The first pass must run to its end.
       augment: ``(images uint8 [B, S, S, 3], seed int32 [2]) -> images``, applied to whole
         batches after resizing; its seed is :func:`batch_seed` of (``seed``,
-        ``input_pipeline_id``, batch index). The batch index counts from 0 each time the
+        ``input_pipeline_id``, batch index). Traced as plain TF code (no autograph). The
+        batch index counts from 0 each time the
         dataset is iterated, so with ``repeat=False`` epoch ``e`` reuses the seeds of epoch 0
         (the images in each batch differ, as the shuffle differs per epoch).
       drop_remainder: defaults to ``training``; eval keeps the last partial batch.
@@ -247,6 +249,9 @@ def make_dataset(
         ``InputContext``): whole shard files when there are at least as many files as
         pipelines, else every n-th example.
       shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
+      jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
+        tf.data: the recipes' many small elementwise ops fuse, measured ~5x faster on the host
+        CPU. Set ``False`` for a callable with ops XLA cannot compile.
 
     Raises:
       manifest.BuildError: ``build_dir`` is not a finished build of this schema, or lacks
@@ -269,6 +274,7 @@ def make_dataset(
     ds = _records(files, training=training, seed=seed, deterministic=deterministic,
                   num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
 
+    @tf.autograph.experimental.do_not_convert
     def decode(serialized):
         parsed = parse_batch(serialized)
         return decode_batch(parsed, image_size, storage), _labels(parsed)
@@ -299,9 +305,16 @@ def make_dataset(
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
     if augment is not None:
+        augment_fn = (tf.function(augment, jit_compile=True, autograph=False)
+                      if jit_augment else augment)
+
+        # Traced as written, not autograph-converted: conversion of a large callable is slow
+        # and can break it (it did break the augment package's recipes). A callable that
+        # needs Python control flow on tensors can be a tf.function (which converts itself).
+        @tf.autograph.experimental.do_not_convert
         def apply_augment(index, batch):
             images, labels = batch
-            out = augment(images, batch_seed(seed, input_pipeline_id, index))
+            out = augment_fn(images, batch_seed(seed, input_pipeline_id, index))
             return tf.ensure_shape(out, images.shape), labels
         ds = ds.enumerate().map(apply_augment, num_parallel_calls=AUTOTUNE,
                                 deterministic=deterministic)
