@@ -261,7 +261,8 @@ def test_output_bytes_depend_on_seed_not_on_workers(tmp_path):
 
 def test_encode_example_parses_like_tf_train_example():
     kwargs = dict(image=bytes(range(256)) * 50, image_format="raw", height=64, width=40,
-                  label=199, wnid="n01443537", filename="n01443537_0.JPEG", bbox=(0, 3, 63, 2 ** 40))
+                  label=199, wnid="n01443537", filename="n01443537_0.JPEG",
+                  bbox=(0, 3, 63, 2 ** 40))
     for extra in ({}, {"label": features.NO_LABEL, "wnid": "", "bbox": features.NO_BBOX}):
         kw = dict(kwargs, **extra)
         mine = tf.io.parse_single_example(features.encode_example(**kw), features.PARSE_SPEC)
@@ -804,3 +805,31 @@ def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, c
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "val-00000-of-00001.tfrecord: sha256 differs" in bad.stderr.strip().splitlines()[-1]
+
+
+# --- Options and the synthetic generator -------------------------------------------------------
+
+
+def test_selected_splits_only_and_shards_capped_at_split_size(tmp_path):
+    src = tiny_dataset(tmp_path)
+    manifest = build_quiet(src, tmp_path / "out", splits=("val",), shards=10)
+    assert list(manifest["splits"]) == ["val"]
+    assert [s["file"] for s in manifest["splits"]["val"]["shards"]] == [
+        f"val-{i:05d}-of-00006.tfrecord" for i in range(6)]  # 6 val images: 6 shards, not 10
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"val-{i:05d}-of-00006.tfrecord" for i in range(6)] + ["manifest.json"])
+
+
+def test_synthetic_cli_writes_the_real_layout_with_grayscale_images(tmp_path):
+    dest = tmp_path / "synth"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyimagenet_tfrecords.synthetic", f"--dest={dest}",
+         "--num_classes=4", "--train_per_class=50", "--num_val=8", "--num_test=5",
+         "--image_size=24", "--workers=1"], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    truth = source_truth(str(dest))
+    assert {k: len(v) for k, v in truth.items()} == {"train": 200, "val": 8, "test": 5}
+    modes = [Image.open(t["path"]).mode for t in truth["train"].values()]
+    assert 0 < modes.count("L") < 20 and modes.count("RGB") + modes.count("L") == 200
+    assert {Image.open(t["path"]).size for t in truth["val"].values()} == {(24, 24)}

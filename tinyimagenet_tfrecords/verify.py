@@ -84,7 +84,6 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
       manifest.BuildError: not a finished build of this schema.
       VerifyError: naming the shard (and record index) of the first mismatch.
     """
-    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     manifest = manifest_lib.load_manifest(build_dir)
@@ -110,7 +109,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
             count = 0
             try:
                 for batch in _records(path, decode):
-                    _check_batch(batch, path, count, split, wnids, allowed_formats, decode, np)
+                    _check_batch(batch, path, count, split, wnids, allowed_formats, decode)
                     for i, name in enumerate(batch[features.FILENAME]):
                         if name in names:
                             raise VerifyError(f"{path}: record {count + i}: file name "
@@ -137,7 +136,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     return summary
 
 
-def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode, np) -> None:
+def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> None:
     labels = batch[features.LABEL]
     for i, label in enumerate(labels):
         at = f"{path}: record {offset + i} ({batch[features.FILENAME][i].decode()})"
