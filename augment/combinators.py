@@ -88,26 +88,42 @@ class Sequential(Combinator):
         if n == 0:
             return images
         seeds = split(seed, n + 1)
-        if not self.random_order:
-            for k, child in enumerate(self.children):
-                images = run_child(child, images, seeds[k], dtype)
-            return images
-        perm = tf.argsort(uniform([n], seeds[n]))
-
-        def body(i, x):
-            branches = [_branch(child, x, seeds[k], dtype)
-                        for k, child in enumerate(self.children)]
-            return i + 1, tf.ensure_shape(tf.switch_case(perm[i], branches), images.shape)
-
-        # A loop over positions compiles each child once (not once per position).
-        _, images = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), images),
-                                  maximum_iterations=n)
-        return images
+        if self.random_order:
+            order = tf.argsort(uniform([n], seeds[n]))
+        else:
+            order = tf.range(n)
+        steps = [_seeded(child, seeds[k], dtype) for k, child in enumerate(self.children)]
+        return chain(steps, order, images)
 
 
-def _branch(child, images, seed, dtype):
+def _seeded(child, seed, dtype):
+    return lambda x: run_child(child, x, seed, dtype)
+
+
+def chain(steps, order, images):
+    """``images`` through ``steps[order[0]]``, then ``steps[order[1]]``, ... (XLA-friendly).
+
+    A ``tf.while_loop`` over positions with a ``tf.switch_case`` on ``order[i]``: each step
+    is compiled once whatever the order, and every step's output is materialised. Chaining
+    the steps as plain ops lets XLA fuse a warp's gathers into the next warp's, recomputing
+    the whole upstream chain per tap (measured: SomeOf of five ops ran 10x slower).
+    """
+    n = len(steps)
+    if n == 1:
+        return steps[0](images)
+
+    def body(i, x):
+        branches = [_bind(step, x) for step in steps]
+        return i + 1, tf.ensure_shape(tf.switch_case(order[i], branches), images.shape)
+
+    _, out = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), images),
+                           maximum_iterations=n)
+    return out
+
+
+def _bind(step, x):
     # Binds the loop variables now; tf.switch_case calls the branch later.
-    return lambda: run_child(child, images, seed, dtype)
+    return lambda: step(x)
 
 
 class SomeOf(Combinator):
@@ -146,9 +162,13 @@ class SomeOf(Combinator):
             return images
         seeds = split(seed, k + 1)
         active = self.active_mask(seeds[k], tf.shape(images)[0])
-        for j, child in enumerate(self.children):
-            images = _select(active[:, j], run_child(child, images, seeds[j], dtype), images)
-        return images
+        steps = [_masked(child, seeds[j], dtype, active[:, j])
+                 for j, child in enumerate(self.children)]
+        return chain(steps, tf.range(k), images)
+
+
+def _masked(child, seed, dtype, chosen):
+    return lambda x: _select(chosen, run_child(child, x, seed, dtype), x)
 
 
 def _as_augmenter(child):
