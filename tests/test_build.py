@@ -548,7 +548,10 @@ def test_killed_build_leaves_nothing_that_looks_finished(tmp_path):
     assert not out.exists()
     with pytest.raises(manifest_lib.BuildError):
         manifest_lib.load_manifest(str(out))
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]  # left behind
     assert build_quiet(src, out)["splits"]["train"]["num_examples"] == 1800
+    # The next build removed the dead build's temporary folder.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
 def test_rerunning_an_identical_build_does_nothing(tmp_path):

@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -409,7 +410,8 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    _remove_dead_temporaries(out_dir)
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(out_dir) + f"{os.getpid()}-", dir=parent)
     try:
         manifest = _write_build(scanned, tmp, shard_counts, splits, storage, seed,
                                 skip_corrupt, workers or os.cpu_count() or 1, progress, stats)
@@ -429,6 +431,33 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
         print(f"{out_dir}: {counts} examples ({storage}); {len(manifest['skipped'])} files "
               f"skipped, {len(manifest['converted'])} converted", file=sys.stderr)
     return manifest
+
+
+def _temp_prefix(out_dir: str) -> str:
+    """Hidden temporary folders beside ``out_dir``: ``.<name>.tmp-<host>-<pid>-<random>``."""
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f".{os.path.basename(out_dir)}.tmp-{host}-"
+
+
+def _remove_dead_temporaries(out_dir: str) -> None:
+    """Deletes temporary folders left by killed builds of ``out_dir`` on this host.
+
+    Only folders whose builder process (pid in the name) no longer exists; a live build's
+    folder, or one from another host sharing the filesystem, is left alone.
+    """
+    parent, prefix = os.path.dirname(out_dir), _temp_prefix(out_dir)
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        try:
+            pid = int(name[len(prefix):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 def _check_existing(out_dir: str, args: dict, overwrite: bool):
