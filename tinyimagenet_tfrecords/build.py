@@ -602,7 +602,12 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["src", "out"])
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``tin-build``), same as ``python -m ...build``."""
     from absl import app  # pylint: disable=import-outside-toplevel
     _define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    cli()

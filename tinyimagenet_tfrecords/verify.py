@@ -183,8 +183,13 @@ def main(argv) -> int:
     return run(argv[1], decode=flags.FLAGS.decode)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``tin-verify``), same as ``python -m ...verify``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app, flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_bool("decode", True, "Decode every image (else framing, features, counts).")
     app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    cli()
