@@ -408,8 +408,24 @@ def coarse_dropout(images, keep_low, h_low, w_low) -> tf.Tensor:
 def _upsample_mask(keep_low, h_low, w_low, height: int, width: int) -> tf.Tensor:
     rows = nearest_cells(h_low, height)
     cols = nearest_cells(w_low, width)
-    mask = tf.gather(keep_low, rows, axis=1, batch_dims=1)
-    return tf.gather(mask, cols, axis=2, batch_dims=1)
+    h_max, w_max = keep_low.shape[1], keep_low.shape[2]
+    if h_max is None or w_max is None or h_max * w_max > _MAX_SELECT_CELLS:
+        mask = tf.gather(keep_low, rows, axis=1, batch_dims=1)
+        return tf.gather(mask, cols, axis=2, batch_dims=1)
+    # Small grids (imgaug's 2-7 % of 64 px is 3x3 or 4x4): a sum of one-hot products fuses
+    # into one elementwise loop; two batched gathers measured 2.6x slower under XLA on CPU.
+    mask = 0.0
+    for i in range(h_max):
+        row_i = tf.cast(tf.equal(rows, i), tf.float32)[:, :, None, None]
+        inner = 0.0
+        for j in range(w_max):
+            col_j = tf.cast(tf.equal(cols, j), tf.float32)[:, None, :, None]
+            inner += col_j * keep_low[:, i, j][:, None, None, :]
+        mask += row_i * inner
+    return mask
+
+
+_MAX_SELECT_CELLS = 36
 
 
 class CoarseDropout(PixelAugmenter):

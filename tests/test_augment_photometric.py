@@ -114,10 +114,11 @@ def test_random_blur_equals_function_at_its_sampled_sigmas():
 # CoarseDropout
 
 
-def test_coarse_dropout_function_is_nearest_upsampled_mask():
+@pytest.mark.parametrize("grid", [5, 7])  # one-hot select path (<= 36 cells) and gather path
+def test_coarse_dropout_function_is_nearest_upsampled_mask(grid):
     x = np.full((2, 10, 12, 3), 200.0, np.float32)
-    keep = RNG.integers(0, 2, (2, 5, 5, 3)).astype(np.float32)
-    h_low, w_low = np.int32([3, 5]), np.int32([4, 5])
+    keep = RNG.integers(0, 2, (2, grid, grid, 3)).astype(np.float32)
+    h_low, w_low = np.int32([3, grid]), np.int32([4, grid])
     out = ph.coarse_dropout(x, keep, h_low, w_low).numpy()
     for b in range(2):
         rows = np.arange(10) * h_low[b] // 10
