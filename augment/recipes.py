@@ -27,10 +27,12 @@ from typing import Callable
 
 from augment.combinators import Identity, Sequential, SomeOf, Sometimes
 from augment.core import Augmenter
+from augment.geometry import Affine, CropAndPad, Fliplr, Flipud
 from augment.photometric import (AdditiveGaussianNoise, CoarseDropout, ContrastNormalization,
                                  GaussianBlur, Multiply)
 
-# imgaug's ``mode=ia.ALL`` / ``pad_mode=ia.ALL``: a mode drawn per image among all of them.
+# imgaug's ``mode=ia.ALL`` / ``pad_mode=ia.ALL``: a mode drawn per image among the five
+# border modes augment.geometry supports (constant, edge, reflect, symmetric, wrap).
 ALL = "ALL"
 
 
@@ -42,7 +44,6 @@ def student_net2() -> Augmenter:
     default constant borders, with a random fill colour per image (``cval``/``pad_cval``
     (0, 255), as the figure gives them).
     """
-    from augment.geometry import Affine, CropAndPad, Fliplr, Flipud
     return Sometimes(0.5, Sequential([
         Fliplr(0.5),
         Flipud(0.2),
@@ -60,7 +61,6 @@ def student_net2() -> Augmenter:
 
 def original_net2() -> Augmenter:
     """The original authors' Network 2 recipe: flips, then six ops each at 50%, random order."""
-    from augment.geometry import Affine, CropAndPad, Fliplr, Flipud
     return Sequential([
         Fliplr(0.5),
         Flipud(0.2),
@@ -79,7 +79,6 @@ def original_net2() -> Augmenter:
 
 def original_net1() -> Augmenter:
     """The original authors' Network 1 recipe: any subset of five ops, in list order."""
-    from augment.geometry import Affine, CropAndPad
     return SomeOf((0, None), [
         Affine(scale=(0.5, 1.5)),
         Affine(rotate=(-20, 20)),
