@@ -157,6 +157,7 @@ augment.register_recipe("test_layer_mul", _mul_recipe, overwrite=True)
 
 def test_layer_is_identity_unless_training():
     layer = augment.AugmentLayer("test_layer_mul", seed=1)
+    assert layer.supports_jit, "Keras would silently drop XLA for the whole train step"
     x = tf.constant(_images(batch=2, size=8))
     np.testing.assert_array_equal(layer(x), x)
     np.testing.assert_array_equal(layer(x, training=False), x)
