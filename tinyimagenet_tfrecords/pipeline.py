@@ -338,14 +338,17 @@ def make_dataset(
 
 
 def _options(deterministic: bool) -> tf.data.Options:
-    """tf.data settings: autotuned parallelism, and no intra-op thread pool fan-out inside
-    tf.data's own functions (parallelism comes from running many batches at once, which
-    avoids oversubscribing the few host cores the training step also needs)."""
+    """tf.data settings: autotuned parallelism and map parallelization.
+
+    Threading stays at TF's defaults, measured rather than assumed (2 shared cores):
+    ``max_intra_op_parallelism=1`` made no difference without augmentation and cost ~30% with
+    the XLA-compiled augmentation (2.5-2.8k vs 3.3-3.7k images/s), whose compiled kernels use
+    the intra-op pool; a private thread pool would compete with the training step's.
+    """
     options = tf.data.Options()
     options.deterministic = deterministic
     options.autotune.enabled = True
     options.experimental_optimization.map_parallelization = True
-    options.threading.max_intra_op_parallelism = 1
     return options
 
 
