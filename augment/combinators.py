@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from augment.core import Augmenter, as_seed, from_float, to_float
-from augment.geometry import uniform
-from augment.photometric import quantize, sample_bernoulli, split
+from augment.core import Augmenter, as_seed, from_float, split_seed, to_float, uniform
+from augment.photometric import quantize, sample_bernoulli
 
 
 def run_child(child: Augmenter, images: tf.Tensor, seed: tf.Tensor, dtype: tf.DType):
@@ -64,7 +63,7 @@ class Sometimes(Combinator):
         self.else_list = None if else_list is None else _as_augmenter(else_list)
 
     def apply_as(self, images, seed, dtype):
-        s_coin, s_then, s_else = tf.unstack(split(seed, 3))
+        s_coin, s_then, s_else = tf.unstack(split_seed(seed, 3))
         chosen = sample_bernoulli(s_coin, [tf.shape(images)[0]], self.p)
         then = run_child(self.then_list, images, s_then, dtype)
         other = images if self.else_list is None else run_child(self.else_list, images,
@@ -87,7 +86,7 @@ class Sequential(Combinator):
         n = len(self.children)
         if n == 0:
             return images
-        seeds = split(seed, n + 1)
+        seeds = split_seed(seed, n + 1)
         if self.random_order:
             order = tf.argsort(uniform([n], seeds[n]))
         else:
@@ -148,7 +147,7 @@ class SomeOf(Combinator):
 
     def active_mask(self, seed, batch) -> tf.Tensor:
         """``[B, K]`` bool: which children each image gets (``n`` per image, uniform subset)."""
-        s_n, s_subset = tf.unstack(split(seed, 2))
+        s_n, s_subset = tf.unstack(split_seed(seed, 2))
         k = len(self.children)
         lo, hi = self.n
         count = lo + tf.cast(uniform([batch, 1], s_n) * (hi - lo + 1), tf.int32)
@@ -160,7 +159,7 @@ class SomeOf(Combinator):
         k = len(self.children)
         if k == 0:
             return images
-        seeds = split(seed, k + 1)
+        seeds = split_seed(seed, k + 1)
         active = self.active_mask(seeds[k], tf.shape(images)[0])
         steps = [_masked(child, seeds[j], dtype, active[:, j])
                  for j, child in enumerate(self.children)]

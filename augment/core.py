@@ -4,7 +4,9 @@ An op's ``apply`` sees float32 pixels in 0..255, whatever the caller passed, so 
 written once; ``__call__`` converts in and out, which keeps the caller's dtype and value range.
 Randomness is stateless: every random draw comes from an explicit int32 ``[2]`` seed, so the
 same seed gives the same batch eagerly, under ``tf.function(jit_compile=True)`` and in
-``tf.data``, and distinct seeds (per step, per replica) give independent draws.
+``tf.data`` (through :func:`uniform` / :func:`uniform_int` with non-negative seeds: raw float
+``tf.random.stateless_uniform`` draws differ under XLA in TF 2.21), and distinct seeds (per
+step, per replica) give independent draws.
 """
 
 from __future__ import annotations
@@ -19,14 +21,47 @@ def as_seed(seed) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(seed), tf.int32)
 
 
+def xla_safe_seed(seed) -> tf.Tensor:
+    """``seed`` with the sign bit cleared, so draws agree eagerly, in tf.data and under XLA.
+
+    TF 2.21's CPU kernels and XLA extend a negative int32 seed component differently, so
+    e.g. ``stateless_uniform(seed=[-5, 1])`` gives other numbers under ``jit_compile=True``.
+    Every seed this module derives goes through here.
+    """
+    return tf.bitwise.bitwise_and(as_seed(seed), tf.constant(0x7FFFFFFF, tf.int32))
+
+
 def split_seed(seed, n: int) -> tf.Tensor:
-    """``n`` independent int32 ``[2]`` seeds derived from ``seed`` (shape ``[n, 2]``)."""
-    return tf.random.experimental.stateless_split(as_seed(seed), n)
+    """``n`` independent int32 ``[2]`` seeds derived from ``seed`` (shape ``[n, 2]``).
+
+    Both input and outputs are made non-negative (:func:`xla_safe_seed`).
+    """
+    return xla_safe_seed(tf.random.experimental.stateless_split(xla_safe_seed(seed), n))
 
 
 def fold_seed(seed, data) -> tf.Tensor:
-    """A new seed that depends on ``seed`` and the int ``data`` (a step, a replica id)."""
-    return tf.random.experimental.stateless_fold_in(as_seed(seed), tf.cast(data, tf.int32))
+    """A new non-negative seed that depends on ``seed`` and the int ``data`` (a step, a replica)."""
+    return xla_safe_seed(tf.random.experimental.stateless_fold_in(
+        xla_safe_seed(seed), tf.cast(data, tf.int32)))
+
+
+def uniform_int(shape, seed, low: int, high: int) -> tf.Tensor:
+    """Stateless int32 uniform on ``[low, high)``, identical eagerly and under XLA."""
+    return tf.random.stateless_uniform(shape, xla_safe_seed(seed), low, high, dtype=tf.int32)
+
+
+def uniform(shape, seed, low=0.0, high=1.0) -> tf.Tensor:
+    """Stateless float32 uniform on ``[low, high)`` that is identical eagerly and under XLA.
+
+    ``tf.random.stateless_uniform`` with a float dtype gives different numbers under
+    ``jit_compile=True`` than eagerly or in ``tf.data`` (TF 2.21, measured), while its integer
+    draws agree (for non-negative seeds); so floats are made from the top 24 bits of an
+    integer draw.
+    """
+    bits = tf.random.stateless_uniform(shape, xla_safe_seed(seed), minval=None, maxval=None,
+                                       dtype=tf.uint32)
+    unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+    return low + (high - low) * unit
 
 
 def to_float(images: tf.Tensor) -> tf.Tensor:

@@ -43,6 +43,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from augment import core
+from augment.core import uniform, uniform_int, xla_safe_seed
 from augment.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, materialize,
                           mode_index, remap_index, resize_taps, warp_affine)
 
@@ -281,39 +282,6 @@ def _check_spec(spec, name):
     if isinstance(spec, list) and spec and all(_is_number(v) for v in spec):
         return
     raise ValueError(f"{name}: expected a number, a (low, high) tuple or a list, got {spec!r}")
-
-
-def xla_safe_seed(seed):
-    """``seed`` with the sign bit cleared, so draws agree eagerly, in tf.data and under XLA.
-
-    TF 2.21's CPU kernels and XLA extend a negative int32 seed component differently, so
-    e.g. ``stateless_uniform(seed=[-5, 1])`` gives other numbers under ``jit_compile=True``;
-    ``core.split_seed`` produces negative components half the time.
-    """
-    return tf.bitwise.bitwise_and(core.as_seed(seed), tf.constant(0x7FFFFFFF, tf.int32))
-
-
-def _split(seed, n: int):
-    return core.split_seed(xla_safe_seed(seed), n)
-
-
-def uniform_int(shape, seed, low: int, high: int):
-    """Stateless int32 uniform on ``[low, high)``, identical eagerly and under XLA."""
-    return tf.random.stateless_uniform(shape, xla_safe_seed(seed), low, high, dtype=tf.int32)
-
-
-def uniform(shape, seed, low=0.0, high=1.0):
-    """Stateless float32 uniform on ``[low, high)`` that is identical eagerly and under XLA.
-
-    ``tf.random.stateless_uniform`` with a float dtype gives different numbers under
-    ``jit_compile=True`` than eagerly or in ``tf.data`` (TF 2.21, measured), while its integer
-    draws agree (for non-negative seeds); so floats are made from the top 24 bits of an
-    integer draw.
-    """
-    bits = tf.random.stateless_uniform(shape, xla_safe_seed(seed), minval=None, maxval=None,
-                                       dtype=tf.uint32)
-    unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-    return low + (high - low) * unit
 
 
 class _Draws:
@@ -632,7 +600,7 @@ class FusedGeometry(core.Augmenter):
 
     def child_seeds(self, seed):
         """The seed each child gets (``[n, 2]``): the same draws as running it alone."""
-        return _split(seed, max(len(self.children), 1))
+        return core.split_seed(seed, max(len(self.children), 1))
 
     def apply(self, images, seed):
         height, width = _spatial(images)

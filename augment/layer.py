@@ -12,7 +12,6 @@ import keras
 import tensorflow as tf
 
 from augment.core import Augmenter, fold_seed
-from augment.geometry import xla_safe_seed
 from augment.recipes import get_recipe
 
 
@@ -20,10 +19,9 @@ def step_seed(base_seed, step, replica_id) -> tf.Tensor:
     """The int32 ``[2]`` seed of one step on one replica: ``base_seed`` folded with both.
 
     Distinct per step and per replica, and the same for the same triple wherever it runs
-    (sign bits cleared between folds: XLA and the CPU kernels disagree on negative seeds).
+    (``fold_seed`` clears sign bits: XLA and the CPU kernels disagree on negative seeds).
     """
-    folded = xla_safe_seed(fold_seed(xla_safe_seed(base_seed), step))
-    return xla_safe_seed(fold_seed(folded, replica_id))
+    return fold_seed(fold_seed(base_seed, step), replica_id)
 
 
 def replica_id() -> tf.Tensor:

@@ -26,8 +26,8 @@ import statistics
 import numpy as np
 import tensorflow as tf
 
-from augment.core import Augmenter, as_seed, from_float, split_seed, to_float
-from augment.geometry import uniform, xla_safe_seed
+from augment.core import (Augmenter, as_seed, from_float, split_seed, to_float, uniform,
+                          xla_safe_seed)
 
 # --------------------------------------------------------------------------------------------
 # dtype helpers
@@ -45,11 +45,6 @@ def quantize(images: tf.Tensor, dtype: tf.DType, rounding: str = "round") -> tf.
         return images
     images = tf.clip_by_value(images, 0.0, 255.0)
     return tf.floor(images) if rounding == "floor" else tf.round(images)
-
-
-def split(seed, n: int) -> tf.Tensor:
-    """``n`` child seeds ``[n, 2]``; the sign bit is cleared first (see ``xla_safe_seed``)."""
-    return split_seed(xla_safe_seed(seed), n)
 
 
 def _finish(out: tf.Tensor, dtype: tf.DType, rounding: str) -> tf.Tensor:
@@ -135,7 +130,7 @@ def sample_per_channel(seed, batch: int | tf.Tensor, channels: int, spec, per_ch
     imgaug decides per image (probability ``per_channel``) whether to draw one value per
     channel or one for the whole image; here both are drawn and the choice selects.
     """
-    s_val, s_pc = tf.unstack(split(seed, 2))
+    s_val, s_pc = tf.unstack(split_seed(seed, 2))
     values = sample_uniform(s_val, [batch, channels], spec)
     per_ch = sample_bernoulli(s_pc, [batch, 1], per_channel)
     return tf.where(per_ch, values, values[:, :1])
@@ -250,7 +245,7 @@ class AdditiveGaussianNoise(PixelAugmenter):
         self.per_channel = per_channel
 
     def apply(self, images, seed):
-        s_scale, s_noise, s_pc = tf.unstack(split(seed, 3))
+        s_scale, s_noise, s_pc = tf.unstack(split_seed(seed, 3))
         batch = tf.shape(images)[0]
         scale = sample_uniform(s_scale, [batch], self.scale)
         channels = _channels(images) if self.per_channel else 1
@@ -449,7 +444,7 @@ class CoarseDropout(PixelAugmenter):
             raise ValueError("CoarseDropout needs static image height and width")
         height, width, channels = int(height), int(width), _channels(images)
         batch = tf.shape(images)[0]
-        s_p, s_size, s_pc, s_cells = tf.unstack(split(seed, 4))
+        s_p, s_size, s_pc, s_cells = tf.unstack(split_seed(seed, 4))
         p = sample_uniform(s_p, [batch], self.p)
         frac = sample_uniform(s_size, [batch, 2], self.size_percent)
         h_low = low_res_size(frac[:, 0], height, self.min_size)
