@@ -453,7 +453,7 @@ def test_bench_measures_every_stage_and_reports_json(sample_build, monkeypatch):
         log=lambda s: None)
     assert set(figures["stages"]) == {"read_parse", "decode", "resize:32", "resize:16",
                                       "train", "train_augment", "train_augment_no_xla",
-                                      "old_way"}  # old way: src from the manifest
+                                      "old_way", "old_way_no_augment"}  # src: manifest
     assert all(v > 0 for v in figures["stages"].values())
     assert figures["profile"]["decode_ms"] > 0 and "augment_xla_ms" in figures["profile"]
     assert "| train_augment |" in bench.format_table(figures)

@@ -20,7 +20,8 @@ Stages (images/second, each on the same build, one after another):
   the dataset *folder* (one PIL JPEG load per file) with a per-image Python
   ``preprocessing_function``. imgaug does not install with numpy 2, so that function is a
   numpy/PIL re-creation of the student recipe's per-image work (:func:`student_net2_numpy`);
-  it is at least as fast as imgaug was, so the measured speed-up is conservative.
+  it is at least as fast as imgaug was, so the measured speed-up is conservative;
+- ``old_way_no_augment``: the same loader without the function (file loading alone);
 
 ``--profile`` adds where the time goes: each per-batch op timed alone on one thread (parse,
 decode, resize, augment), and ``--trace_dir`` records a TensorFlow profiler trace of the
@@ -311,10 +312,12 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
         ds = pipeline.make_dataset(data, "train", augment=recipe, jit_augment=False,
                                    **train_kwargs)
         record("train_augment_no_xla", iter(ds), f"  (recipe {recipe_name}, no XLA)")
-    if "old_way" in stages:
+    if "old_way" in stages or "old_way_no_augment" in stages:
         if src and os.path.isdir(os.path.join(src, "train")):
             record("old_way", old_way_batches(src, batch_size=batch_size,
                                               image_size=image_size))
+            record("old_way_no_augment", old_way_batches(
+                src, batch_size=batch_size, image_size=image_size, augment=False))
         else:
             figures["notes"].append(f"old_way skipped: no dataset folder {src!r} (--src)")
     if profile:
@@ -348,7 +351,7 @@ def format_table(figures: dict) -> str:
 
 
 STAGES = ("read_parse", "decode", "resize", "train", "train_augment", "train_augment_no_xla",
-          "old_way")
+          "old_way", "old_way_no_augment")
 
 FLAGS = flags.FLAGS
 
