@@ -322,9 +322,9 @@ def make_dataset(
         augment_fn = (tf.function(augment, jit_compile=True, autograph=False)
                       if jit_augment else augment)
 
-        # Traced as written, not autograph-converted: conversion of a large callable is slow
-        # and can break it (it did break the augment package's recipes). A callable that
-        # needs Python control flow on tensors can be a tf.function (which converts itself).
+        # Traced as written, not autograph-converted: converting a large callable is slow and
+        # can break code not written for it. A callable that needs Python control flow on
+        # tensors can be a tf.function (which converts itself).
         @tf.autograph.experimental.do_not_convert
         def apply_augment(index, batch):
             images, labels = batch
