@@ -5,6 +5,7 @@ Measures exactly what ``train_main`` runs (``steps.make_train_step``: augmentati
 the figure is the step's own, not the input pipeline's::
 
     python -m training.bench                               # net1 and net2, 64 px, batch 128
+    python -m training.bench --models=net2 --width=0.125 --image_size=32 --steps=10  # CPU
     python -m training.bench --models=net2 --steps=50 --precisions=float32,mixed_float16
 
 On a GPU the default adds mixed precision. Prints one line per setting and ends with one JSON
@@ -96,13 +97,14 @@ def main(argv):
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     precisions = f.precisions.split(",") if f.precisions else (
         ["float32", "mixed_float16"] if on_gpu else ["float32"])
-    steps = f.steps or (100 if on_gpu else 3)
+    steps = f.steps or (100 if on_gpu else 1)
+    warmup = f.warmup or (5 if on_gpu else 1)
     results = []
     for name in f.models.split(","):
         for xla in (True, False):
             for precision in precisions:
                 r = bench_one(name, image_size=f.image_size, batch_size=f.batch_size,
-                              steps=steps, warmup=f.warmup, xla=xla, precision=precision,
+                              steps=steps, warmup=warmup, xla=xla, precision=precision,
                               width=f.width, recipe=f.augment)
                 results.append(r)
                 print(f"{name:>12} xla={'on ' if xla else 'off'} {precision:>14}: "
@@ -116,8 +118,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("models", "net1,net2", "comma-separated model names")
     flags.DEFINE_integer("image_size", 64, "image size", lower_bound=8)
     flags.DEFINE_integer("batch_size", 128, "global batch size", lower_bound=1)
-    flags.DEFINE_integer("steps", 0, "timed steps (0: 100 on GPU, 3 on CPU)", lower_bound=0)
-    flags.DEFINE_integer("warmup", 2, "untimed steps first (compilation)", lower_bound=1)
+    flags.DEFINE_integer("steps", 0, "timed steps (0: 100 on GPU, 1 on CPU)", lower_bound=0)
+    flags.DEFINE_integer("warmup", 0, "untimed steps first, compilation included (0: 5 on "
+                         "GPU, 1 on CPU)", lower_bound=0)
     flags.DEFINE_float("width", 1.0, "filter-count multiplier")
     flags.DEFINE_string("augment", "none", "augmentation recipe inside the step")
     flags.DEFINE_string("precisions", "", "comma-separated; default float32 (+ mixed_float16 "
