@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -229,7 +230,8 @@ def test_layer_gives_each_replica_its_own_parameters_under_mirrored_strategy():
 # --------------------------------------------------------------------------------------------
 # grid and bench entry points
 
-SAMPLE = "/work/shared/data/tiny-imagenet-sample"
+# The shared sample lies beside the checkout (../shared), in development and in CI.
+SAMPLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-sample")
 
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLE), reason="real data sample not available")

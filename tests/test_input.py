@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,8 @@ from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = "/work/shared/data/tiny-imagenet-sample"
+# The shared sample lies beside the checkout (../shared), in development and in CI.
+SAMPLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-sample")
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"}
 
 
@@ -464,3 +466,17 @@ def test_bench_measures_every_stage_and_reports_json(sample_build, monkeypatch):
         stages={"train_augment"}, profile=False, trace_dir=None, warmup_seconds=0.0,
         log=lambda s: None)
     assert missing["stages"] == {} and "not importable" in missing["notes"][0]
+    assert any("old_way_imgaug skipped: no --imgaug_python" in n for n in figures["notes"])
+
+
+def test_old_way_imgaug_runner_times_loading_and_names_a_missing_imgaug():
+    from tinyimagenet_tfrecords import bench
+    loading = bench.old_way_imgaug(sys.executable, SAMPLE, batch_size=8, image_size=32,
+                                   seconds=0.05, augment=False)
+    assert loading["images"] >= 8 and loading["images_per_s"] > 0
+    try:
+        import imgaug  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except Exception:  # pylint: disable=broad-except  # imgaug 0.4 fails on numpy 2
+        with pytest.raises(RuntimeError, match="old_way_imgaug.py"):
+            bench.old_way_imgaug(sys.executable, SAMPLE, batch_size=8, image_size=32,
+                                 seconds=0.05)

@@ -22,6 +22,10 @@ Stages (images/second, each on the same build, one after another):
   numpy/PIL re-creation of the student recipe's per-image work (:func:`student_net2_numpy`);
   it is at least as fast as imgaug was, so the measured speed-up is conservative;
 - ``old_way_no_augment``: the same loader without the function (file loading alone);
+- ``old_way_imgaug``: the seed report's exact Figure 9 function with the real imgaug 0.4,
+  one image at a time after a PIL load, run by :mod:`old_way_imgaug` in the interpreter given
+  by ``--imgaug_python`` (imgaug needs numpy < 2, so it lives in its own venv); skipped with
+  a note when that flag is not set. This is the faithful baseline for the speed-up.
 
 ``--profile`` adds where the time goes: each per-batch op timed alone on one thread (parse,
 decode, resize, augment), and ``--trace_dir`` records a TensorFlow profiler trace of the
@@ -35,6 +39,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import time
 from typing import Callable, Iterator, Optional
 
@@ -225,6 +230,25 @@ def old_way_batches(src_dir: str, *, batch_size: int, image_size: int, seed: int
         yield next(gen)
 
 
+def old_way_imgaug(python: str, src_dir: str, *, batch_size: int, image_size: int,
+                   seconds: float, augment: bool = True) -> dict:
+    """Runs :mod:`old_way_imgaug` with ``python`` (a venv with imgaug 0.4) and returns its JSON.
+
+    Raises:
+      RuntimeError: with the child's last error line when it fails (e.g. imgaug missing).
+    """
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "old_way_imgaug.py")
+    cmd = [python, script, "--src", src_dir, "--batch_size", str(batch_size),
+           "--image_size", str(image_size), "--seconds", str(seconds)]
+    if not augment:
+        cmd.append("--noaugment")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{python} {script}: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # ----------------------------------------------------------------------------- profile ---
 
 def profile_ops(files, *, batch_size: int, image_size: int, storage: str, recipe,
@@ -267,6 +291,7 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
               resize_sizes, seconds: float, max_batches: Optional[int], recipe_name: str,
               augment_module: str, stages, profile: bool, trace_dir: Optional[str],
               warmup_seconds: float = 3.0, deterministic: bool = True,
+              imgaug_python: Optional[str] = None,
               log: Callable[[str], None] = print) -> dict:
     """Runs the requested stages on one build and returns ``{stage: images/s, ...}``."""
     manifest = manifest_lib.load_manifest(data)
@@ -320,6 +345,24 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
                 src, batch_size=batch_size, image_size=image_size, augment=False))
         else:
             figures["notes"].append(f"old_way skipped: no dataset folder {src!r} (--src)")
+    if "old_way_imgaug" in stages:
+        if not imgaug_python:
+            figures["notes"].append("old_way_imgaug skipped: no --imgaug_python (a venv with "
+                                    "imgaug==0.4.0 'numpy<2' pillow)")
+        elif not (src and os.path.isdir(os.path.join(src, "train"))):
+            figures["notes"].append(f"old_way_imgaug skipped: no dataset folder {src!r}")
+        else:
+            log("  measuring old_way_imgaug ...")
+            try:
+                m = old_way_imgaug(imgaug_python, src, batch_size=batch_size,
+                                   image_size=image_size, seconds=seconds)
+            except RuntimeError as e:
+                figures["notes"].append(f"old_way_imgaug failed: {e}")
+            else:
+                figures["stages"]["old_way_imgaug"] = round(m["images_per_s"], 1)
+                log(f"  {'old_way_imgaug':24s} {m['images_per_s']:10.0f} images/s  "
+                    f"({m['images']} images, {m['seconds']:.1f} s, imgaug "
+                    f"{m.get('imgaug_version')})")
     if profile:
         figures["profile"] = {k: round(v, 3) if isinstance(v, float) else v
                               for k, v in profile_ops(files, batch_size=batch_size,
@@ -328,10 +371,11 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     st = figures["stages"]
     if "read_parse" in st and "train" in st:
         figures["ceiling_over_train"] = round(st["read_parse"] / st["train"], 2)
-    if st.get("old_way"):
-        for key in ("train_augment", "train_augment_no_xla"):
-            if key in st:
-                figures[f"{key}_speedup_over_old_way"] = round(st[key] / st["old_way"], 1)
+    for base in ("old_way", "old_way_imgaug"):
+        if st.get(base):
+            for key in ("train_augment", "train_augment_no_xla"):
+                if key in st:
+                    figures[f"{key}_speedup_over_{base}"] = round(st[key] / st[base], 1)
     return figures
 
 
@@ -339,9 +383,8 @@ def format_table(figures: dict) -> str:
     rows = [f"| stage | images/s ({figures['storage']} storage, batch {figures['batch_size']}, "
             f"{figures['image_size']} px, {figures['cpus']} CPUs) |", "|---|---:|"]
     rows += [f"| {k} | {v:,.0f} |" for k, v in figures["stages"].items()]
-    for key in ("ceiling_over_train", "train_augment_speedup_over_old_way",
-                "train_augment_no_xla_speedup_over_old_way"):
-        if key in figures:
+    for key in sorted(figures):
+        if key == "ceiling_over_train" or "_speedup_over_" in key:
             rows.append(f"| {key} | {figures[key]} |")
     if "profile" in figures:
         rows += ["", "| op (one thread, per batch) | ms |", "|---|---:|"]
@@ -351,7 +394,7 @@ def format_table(figures: dict) -> str:
 
 
 STAGES = ("read_parse", "decode", "resize", "train", "train_augment", "train_augment_no_xla",
-          "old_way", "old_way_no_augment")
+          "old_way", "old_way_no_augment", "old_way_imgaug")
 
 FLAGS = flags.FLAGS
 
@@ -370,6 +413,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("recipe", "student_net2", "augment recipe for train_augment.")
     flags.DEFINE_string("augment_module", "augment", "Module providing get_recipe(name).")
     flags.DEFINE_list("stages", list(STAGES), "Stages to run.")
+    flags.DEFINE_string("imgaug_python", None, "Python of a venv with imgaug==0.4.0 and "
+                        "numpy<2, for the old_way_imgaug stage (the real seed-report path).")
     flags.DEFINE_bool("deterministic", True, "Training stages keep a reproducible order.")
     flags.DEFINE_bool("profile", False, "Also time each per-batch op alone (where time goes).")
     flags.DEFINE_string("trace_dir", None, "Write a TF profiler trace of train_augment here.")
@@ -387,7 +432,8 @@ def main(argv) -> int:
         max_batches=FLAGS.batches, recipe_name=FLAGS.recipe,
         augment_module=FLAGS.augment_module, stages=set(FLAGS.stages),
         profile=FLAGS.profile, trace_dir=FLAGS.trace_dir,
-        warmup_seconds=FLAGS.warmup_seconds, deterministic=FLAGS.deterministic)
+        warmup_seconds=FLAGS.warmup_seconds, deterministic=FLAGS.deterministic,
+        imgaug_python=FLAGS.imgaug_python)
     print(format_table(figures))
     print(json.dumps(figures, sort_keys=True))
     return 0
