@@ -160,3 +160,13 @@ def test_plateau_never_goes_below_min_lr():
     for _ in range(10):
         lr = plateau.update(1.0, lr)
     assert lr == pytest.approx(1e-4)
+
+
+def test_plateau_reset_forgets_best_and_wait():
+    plateau = schedules.ReduceLROnPlateau(0.5, 2, 1e-6)
+    plateau.update(1.0, 1e-3)
+    plateau.update(2.0, 1e-3)
+    assert plateau.state() == {"best": 1.0, "wait": 1}
+    plateau.reset()
+    assert plateau.state() == {"best": math.inf, "wait": 0}
+    assert plateau.update(1.5, 1e-3) == 1e-3 and plateau.state()["best"] == 1.5

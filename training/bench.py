@@ -64,12 +64,10 @@ def bench_one(model_name: str, *, image_size: int, batch_size: int, steps: int, 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(batch_size, image_size, image_size, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, size=(batch_size,), dtype=np.int32)
-    ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
     per_replica = batch_size // strategy.num_replicas_in_sync
     dist = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(
             (images[:per_replica], labels[:per_replica])).repeat().prefetch(4))
-    del ds
     step = steps_lib.make_train_step(
         model, opt, strategy, recipe=None if recipe == "none" else augment.get_recipe(recipe),
         global_batch_size=batch_size, base_seed=seed, xla=xla)

@@ -103,6 +103,10 @@ class RunConfig:
             d.pop(k, None)
         return json.loads(json.dumps(d))  # normalise tuples/floats as JSON would
 
+    def phase_start(self, index: int) -> int:
+        """The 0-based first epoch of phase ``index``."""
+        return sum(p.epochs for p in self.phases[:index])
+
     def phase_at(self, epoch: int) -> tuple[int, Phase]:
         """(index, phase) of the 0-based ``epoch``."""
         end = 0

@@ -239,6 +239,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                    val_acc=val["top1"], val_top5=val["top5"])
         row["seconds"] = time.perf_counter() - row.pop("_t0")
         if phase.plateau:
+            if epoch == cfg.phase_start(phase_idx):
+                # Each original phase was its own fit() call with a fresh callback.
+                plateau.reset()
             lr = float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
             new_lr = plateau.update(row["val_loss"], lr)
             if new_lr != lr:

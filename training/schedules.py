@@ -131,6 +131,11 @@ class ReduceLROnPlateau(tf.Module):
         self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
 
+    def reset(self) -> None:
+        """Forgets the best value and the wait count (a fresh Keras callback)."""
+        self.best.assign(math.inf)
+        self.wait.assign(0)
+
     def update(self, value: float, current_lr: float) -> float:
         """Feeds one epoch's monitored value; returns the learning rate to use next."""
         if value < float(self.best.numpy()) - self.min_delta:
