@@ -8,6 +8,7 @@ run ``train_main.py`` in a subprocess (``--num_logical_cpus=2``) and read what i
 import csv
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = "/work/shared/data/tiny-imagenet-sample"
+# The shared sample lies beside the checkout (../shared), in development and in CI.
+SAMPLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-sample")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 
 # The accuracy run: tiny Network 2 at 32 px, 2 replicas, XLA, the students' augmentation.
