@@ -617,7 +617,8 @@ def shard_shas(manifest) -> dict:
 @needs_sample
 def test_sample_zip_read_in_place_reads_back_as_source_rgb(sample_zip, sample_builds, tmp_path):
     out = tmp_path / "from_zip"
-    manifest = build.build_dataset(sample_zip, str(out), workers=2, progress=False)
+    manifest = build.build_dataset(sample_zip, str(out), workers=2, progress=False,
+                                   storage="jpeg")
     assert_build_equals_source(str(out), SAMPLE)
     # Same arguments but the source: byte-identical shards to the folder build.
     assert shard_shas(manifest) == shard_shas(manifest_lib.load_manifest(sample_builds["jpeg"]))
@@ -689,6 +690,7 @@ def test_sample_downloaded_from_url_builds_the_same_shards(zip_server, sample_zi
     handler.cut_next_at = len(handler.payload) // 3  # the first response breaks off
     out = tmp_path / "from_url"
     manifest = build.build_dataset(url, str(out), sha256=sha, workers=2, progress=False,
+                                   storage="jpeg",
                                    download_dir=str(tmp_path / "dl"))
     assert handler.requests == [None, f"bytes={len(handler.payload) // 3}-"]  # resumed
     assert (tmp_path / "dl" / "tiny-imagenet-200.zip").read_bytes() == handler.payload

@@ -345,7 +345,7 @@ def _build_args(src, shards, splits, storage, seed, skip_corrupt, sha256) -> dic
 
 
 def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
-                  splits=("train", "val", "test"), storage: str = "jpeg", seed: int = 0,
+                  splits=("train", "val", "test"), storage: str = "raw", seed: int = 0,
                   overwrite: bool = False, skip_corrupt: bool = False, sha256=None,
                   progress: bool = True, download_dir=None, stats=None) -> dict:
     """Builds (or finds already built) the TFRecord shards of ``src`` in ``out_dir``.
@@ -357,7 +357,8 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
         dict ``{split: n}``. Capped at the split's example count.
       workers: worker processes (default: CPU count). Does not change the output bytes.
       splits: which of train/val/test to build.
-      storage: "jpeg" (original bytes) or "raw" (decoded uint8 RGB).
+      storage: "raw" (decoded uint8 RGB; the default: decoding is then nearly free and the
+        input pipeline runs near its read ceiling) or "jpeg" (the original bytes, ~8x smaller).
       seed: train shuffle seed.
       overwrite: replace an existing build (finished or not).
       skip_corrupt: skip undecodable images (listed in the manifest) instead of failing.
@@ -589,7 +590,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("workers", None, "Worker processes (default: CPU count).",
                          lower_bound=1)
     flags.DEFINE_list("splits", ["train", "val", "test"], "Splits to build.")
-    flags.DEFINE_enum("storage", "jpeg", list(features.STORAGE_FORMATS),
+    flags.DEFINE_enum("storage", "raw", list(features.STORAGE_FORMATS),
                       "jpeg: the original bytes, never re-encoded; raw: decoded uint8 RGB.")
     flags.DEFINE_integer("seed", 0, "Train shuffle seed.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing build.")
