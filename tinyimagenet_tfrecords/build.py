@@ -104,18 +104,10 @@ class _ShardWriter:
     def close(self) -> str:
         if self._tf_writer is not None:
             self._tf_writer.close()
-            return file_sha256(self.path)
+            return download.file_sha256(self.path)
         self._flush()
         self._file.close()
         return self._sha.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- Workers ----------------------------------------------------------------------------------

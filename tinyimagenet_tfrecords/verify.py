@@ -14,10 +14,10 @@ with the storage; every image decodes (``features.decode_image``, as the pipelin
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import sys
 
+from tinyimagenet_tfrecords import download
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords.manifest import BuildError
@@ -25,14 +25,6 @@ from tinyimagenet_tfrecords.manifest import BuildError
 
 class VerifyError(BuildError):
     """The build does not match its manifest; the message names the file (and record)."""
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_classes(build_dir: str, manifest: dict) -> list[str]:
@@ -104,7 +96,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
             path = os.path.join(build_dir, shard["file"])
             if not os.path.isfile(path):
                 raise VerifyError(f"{path}: missing shard (listed in {where})")
-            if _sha256(path) != shard["sha256"]:
+            if download.file_sha256(path) != shard["sha256"]:
                 raise VerifyError(f"{path}: sha256 differs from {where}")
             count = 0
             try:
