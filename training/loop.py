@@ -242,7 +242,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
             if epoch == cfg.phase_start(phase_idx):
                 # Each original phase was its own fit() call with a fresh callback.
                 plateau.reset()
-            lr = float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+            lr = _current_lr(optimizer)
             new_lr = plateau.update(row["val_loss"], lr)
             if new_lr != lr:
                 optimizer.learning_rate = new_lr
