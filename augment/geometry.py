@@ -293,10 +293,7 @@ class _Draws:
     """
 
     def __init__(self, seed, batch, columns: int):
-        bits = tf.random.stateless_uniform([batch, columns], xla_safe_seed(seed), minval=None,
-                                           maxval=None, dtype=tf.uint32)
-        unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
-        self._unit = materialize(unit)
+        self._unit = materialize(uniform([batch, columns], seed))
         self._columns = columns
         self._next = 0
 
