@@ -1,0 +1,58 @@
+"""Shared test fixtures: one sample path, one build of it, one synthetic build.
+
+The real 10-class sample is optional: ``TIN_SAMPLE`` names it, else
+``../shared/data/tiny-imagenet-sample`` beside the checkout is used when present. Tests that
+check mechanics run on the synthetic builds made here, so a clone from the internet with no
+sample runs them all; real-sample tests are extra coverage and skip with a reason saying how
+to get a sample.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+ROOT = str(Path(__file__).resolve().parents[1])
+SAMPLE = os.environ.get("TIN_SAMPLE") or str(
+    Path(ROOT).parent / "shared" / "data" / "tiny-imagenet-sample")
+SAMPLE_PRESENT = os.path.isdir(os.path.join(SAMPLE, "train"))
+SKIP_REASON = (f"no real Tiny ImageNet sample at {SAMPLE}: set TIN_SAMPLE to a folder in the "
+               "official layout (README, 'A real sample for the tests')")
+
+needs_sample = pytest.mark.skipif(not SAMPLE_PRESENT, reason=SKIP_REASON)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: subprocess trainings and recipe compiles (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> str:
+    """The real sample's folder (skips the test when there is none)."""
+    if not SAMPLE_PRESENT:
+        pytest.skip(SKIP_REASON)
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_build(sample_dir, tmp_path_factory) -> str:
+    """The real sample converted once (raw storage, 2 shards, train + val) for every test."""
+    from tinyimagenet_tfrecords import build as build_lib
+    out = str(tmp_path_factory.mktemp("sample") / "build")
+    build_lib.build_dataset(sample_dir, out, shards=2, workers=1, splits=("train", "val"),
+                            progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(tmp_path_factory) -> str:
+    """A small class-learnable synthetic build (10 classes x 100 train, 20 val each)."""
+    from training.data import make_synthetic_build
+    out = str(tmp_path_factory.mktemp("synthetic") / "build")
+    make_synthetic_build(out, num_classes=10, train_per_class=100, val_per_class=20, seed=0)
+    return out
