@@ -7,6 +7,8 @@ The only package that imports all the others (``tinyimagenet_tfrecords``, ``augm
 
 from training.config import ConfigError, Phase, RunConfig
 from training.data import make_synthetic_build
-from training.loop import RunError, run
+from training.errors import Diverged, RunError, RunFailure
+from training.loop import run
 
-__all__ = ["ConfigError", "Phase", "RunConfig", "RunError", "make_synthetic_build", "run"]
+__all__ = ["ConfigError", "Diverged", "Phase", "RunConfig", "RunError", "RunFailure",
+           "make_synthetic_build", "run"]

@@ -29,6 +29,13 @@ RUNTIME_ONLY = ("stop_after_epoch", "progress", "make_synthetic_data", "steps_pe
                 "checkpoint_every", "keep_checkpoints", "eval_batch_size")
 
 
+def setting(default: Any, help: str, *, runtime_only: bool = False) -> Any:
+    """A :class:`RunConfig` field declared once: its default, its flag's help text, and whether
+    it changes the trained result (``runtime_only`` settings may differ on resume)."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "runtime_only": runtime_only})
+
+
 class ConfigError(ValueError):
     """A flag or phase is out of range; the message names it."""
 

@@ -42,12 +42,11 @@ from training import reports
 from training import schedules
 from training import steps as steps_lib
 from training import strategy as strategy_lib
+from training.errors import RunError
 
 CONFIG_NAME = "config.json"
 
 
-class RunError(Exception):
-    """A problem with the inputs or the output folder; the message is one line."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
