@@ -164,13 +164,28 @@ def no_finished_output(out) -> bool:
     return not os.path.exists(str(out)) and not leftovers
 
 
-# --- Builds of the real sample ----------------------------------------------------------------
+# --- Whole builds: generated data always, the real sample when present ------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_builds(tmp_path_factory):
+    """A generated 10-class copy (with grayscale JPEGs) built in both storages, default shards."""
+    root = tmp_path_factory.mktemp("synthetic_builds")
+    src = synthetic.make_synthetic_dataset(str(root / "src"), num_classes=10,
+                                           train_per_class=200, num_val=30, num_test=5,
+                                           image_size=16, workers=1)
+    out = {"src": src}
+    for storage, workers in (("jpeg", 2), ("raw", 1)):
+        out[storage] = str(root / storage)
+        build.build_dataset(src, out[storage], storage=storage, workers=workers,
+                            progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
 def sample_builds(sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_builds")
-    out = {}
+    out = {"src": sample_dir}
     for storage, workers in (("jpeg", 2), ("raw", 1)):
         out[storage] = str(root / storage)
         build.build_dataset(sample_dir, out[storage], storage=storage, workers=workers,
@@ -178,54 +193,59 @@ def sample_builds(sample_dir, tmp_path_factory):
     return out
 
 
-@needs_sample
+@pytest.fixture(params=["synthetic", pytest.param("sample", marks=needs_sample)])
+def builds(request):
+    """Both storages' builds of one copy: generated (always) or the real sample (if present)."""
+    return request.getfixturevalue(f"{request.param}_builds")
+
+
 @pytest.mark.parametrize("storage", ["jpeg", "raw"])
-def test_every_sample_image_reads_back_as_source_rgb(sample_builds, storage):
-    assert_build_equals_source(sample_builds[storage], SAMPLE)
+def test_every_image_reads_back_as_source_rgb(builds, storage):
+    assert_build_equals_source(builds[storage], builds["src"])
 
 
-@needs_sample
-def test_sample_grayscale_images_come_back_with_three_channels(sample_builds):
+def test_grayscale_images_come_back_with_three_channels(builds):
     gray = set()
-    for path in glob.glob(os.path.join(SAMPLE, "train", "*", "images", "*")):
+    for path in glob.glob(os.path.join(builds["src"], "train", "*", "images", "*")):
         with Image.open(path) as im:
             if im.mode == "L":
                 gray.add(os.path.basename(path))
-    assert len(gray) == 68
+    assert gray
     for storage in ("jpeg", "raw"):
-        got = [e for e in read_split(sample_builds[storage], "train") if e["filename"] in gray]
-        assert len(got) == 68
+        got = [e for e in read_split(builds[storage], "train") if e["filename"] in gray]
+        assert len(got) == len(gray)
         for e in got:
             assert e["pixels"].shape[-1] == 3
             assert (e["pixels"][..., 0] == e["pixels"][..., 2]).all()
 
 
-@needs_sample
-def test_jpeg_storage_keeps_original_bytes(sample_builds):
-    truth = source_truth(SAMPLE)
-    for e in read_split(sample_builds["jpeg"], "val"):
+def test_jpeg_storage_keeps_original_bytes(builds):
+    truth = source_truth(builds["src"])
+    for e in read_split(builds["jpeg"], "val"):
         with open(truth["val"][e["filename"]]["path"], "rb") as f:
             assert e["encoded"] == f.read()
         assert e["format"] == "jpeg"
 
 
-@needs_sample
-def test_manifest_describes_sample_build(sample_builds):
-    m = manifest_lib.load_manifest(sample_builds["raw"])
-    with open(os.path.join(SAMPLE, "wnids.txt")) as f:
+def test_manifest_describes_the_build(builds):
+    m = manifest_lib.load_manifest(builds["raw"])
+    with open(os.path.join(builds["src"], "wnids.txt")) as f:
         wnids = sorted(line.strip() for line in f if line.strip())
+    with open(os.path.join(builds["src"], "words.txt")) as f:
+        names = dict(line.rstrip("\n").split("\t", 1) for line in f if line.strip())
     assert m["num_classes"] == len(wnids) == 10
     assert [c["wnid"] for c in m["classes"]] == wnids
     assert [c["label"] for c in m["classes"]] == list(range(10))
-    assert m["classes"][0]["name"] == "brain coral"  # words.txt: n01917289
-    assert m["storage"] == "raw"
+    assert [c["name"] for c in m["classes"]] == [names[w] for w in wnids]
+    assert m["storage"] == "raw" and m["classes_without_boxes"] == []
     for split in ("train", "val", "test"):
         shards = m["splits"][split]["shards"]
         assert sum(s["num_examples"] for s in shards) == m["splits"][split]["num_examples"]
         for s in shards:
-            path = os.path.join(sample_builds["raw"], s["file"])
+            path = os.path.join(builds["raw"], s["file"])
             with open(path, "rb") as f:
-                assert hashlib.sha256(f.read()).hexdigest() == s["sha256"]
+                data = f.read()
+            assert hashlib.sha256(data).hexdigest() == s["sha256"] and len(data) == s["bytes"]
     assert [s["file"] for s in m["splits"]["train"]["shards"]] == [
         f"train-{i:05d}-of-00016.tfrecord" for i in range(16)]
     assert m["splits"]["test"]["per_class"] == {}
@@ -233,9 +253,14 @@ def test_manifest_describes_sample_build(sample_builds):
 
 
 @needs_sample
-def test_every_train_shard_mixes_all_classes(sample_builds):
-    m = manifest_lib.load_manifest(sample_builds["jpeg"])
-    examples = read_split(sample_builds["jpeg"], "train")
+def test_real_sample_class_names_come_from_words_txt(sample_builds):
+    m = manifest_lib.load_manifest(sample_builds["raw"])
+    assert m["classes"][0]["name"] == "brain coral"  # words.txt: n01917289
+
+
+def test_every_train_shard_mixes_all_classes(builds):
+    m = manifest_lib.load_manifest(builds["jpeg"])
+    examples = read_split(builds["jpeg"], "train")
     labels_in_order = [e["label"] for e in examples]
     start = 0
     for shard in m["splits"]["train"]["shards"]:
