@@ -420,3 +420,42 @@ def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_pair):
         counts += np.bincount(y.numpy(), minlength=len(counts))
     expected = [per_class[c["wnid"]] for c in manifest["classes"]]
     assert counts.tolist() == expected  # one whole epoch, before any example repeats
+
+
+# ------------------------------------------------------------------------------ contracts ---
+
+def _contract_signature(name: str) -> str:
+    """The signature docs/CONTRACTS.md gives for ``name(...)``, whitespace-normalised."""
+    import re  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(REPO, "docs", "CONTRACTS.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    match = re.search(rf"`(?:\w+\.)?{name}\((.*?)\)(?: ->[^`]*)?`", text)
+    assert match, f"docs/CONTRACTS.md does not give {name}(...)"
+    return match.group(1).replace(" ", "")
+
+
+@pytest.mark.parametrize("module, name", [
+    ("tinyimagenet_tfrecords.pipeline", "make_dataset"),
+    ("tinyimagenet_tfrecords.build", "build_dataset"),
+    ("tinyimagenet_tfrecords.manifest", "check_shards"),
+    ("tinyimagenet_tfrecords.verify", "find_corrupt_shards"),
+    ("tinyimagenet_tfrecords.features", "decode_image"),
+])
+def test_contracts_give_the_data_signatures_as_the_code_has_them(module, name):
+    import importlib  # pylint: disable=import-outside-toplevel
+    import inspect  # pylint: disable=import-outside-toplevel
+    fn = getattr(importlib.import_module(module), name)
+    params = []
+    star = False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.KEYWORD_ONLY and not star:
+            params.append("*")
+            star = True
+        if p.default is p.empty:
+            params.append(p.name)
+        else:
+            default = {pipeline.DEFAULT_SHUFFLE_BUFFER: "DEFAULT_SHUFFLE_BUFFER"}.get(
+                p.default, repr(p.default)) if not isinstance(p.default, bool) else repr(
+                    p.default)
+            params.append(f"{p.name}={default}".replace("'", '"'))
+    assert ",".join(params).replace(" ", "") == _contract_signature(name)
