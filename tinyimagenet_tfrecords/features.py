@@ -178,8 +178,8 @@ def encode_example(
 ) -> bytes:
     """Serializes the same ``tf.train.Example`` as :func:`serialize_example`, without TF.
 
-    Hand-written protobuf wire format (~10 microseconds per example), so the converter's
-    worker processes never import TensorFlow. ``tf.io.parse_single_example`` with
+    Hand-written protobuf wire format (cheap: sizes computed, the image copied once), so the
+    converter's worker processes never import TensorFlow. ``tf.io.parse_single_example`` with
     :data:`PARSE_SPEC` reads it back exactly like the ``tf.train.Example`` encoding (only
     the order of the map entries may differ).
     """

@@ -249,8 +249,8 @@ def make_dataset(
         pipelines, else every n-th example.
       shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
       jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
-        tf.data: the recipes' many small elementwise ops fuse, measured ~5x faster on the host
-        CPU. Set ``False`` for a callable with ops XLA cannot compile.
+        tf.data: the recipes' many small elementwise ops fuse (README, "Input pipeline", for
+        the figures). Set ``False`` for a callable with ops XLA cannot compile.
 
     Raises:
       manifest.BuildError: ``build_dir`` is not a finished build of this schema, or lacks
