@@ -122,7 +122,8 @@ def main(argv) -> int:
     finally:
         if not fv.out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
-    crc = "google-crc32c (C)" if build._FAST_CRC else "tf.io.TFRecordWriter"  # pylint: disable=protected-access
+    fast = build._FAST_CRC  # pylint: disable=protected-access
+    crc = "google-crc32c (C)" if fast else "tf.io.TFRecordWriter"
     print(f"crc32c: {crc}; CPUs: {os.cpu_count()}; source: {src}")
     print(format_table(rows))
     print(json.dumps({"rows": rows, "crc32c": crc, "machine": machine_description()},

@@ -208,7 +208,8 @@ def _write_shard(task: dict) -> dict:
     finally:
         sha = writer.close()
     return {"file": os.path.basename(task["path"]), "num_examples": count, "sha256": sha,
-            "bytes": os.path.getsize(task["path"]), "per_class": per_class, "skipped": skipped, "converted": converted,
+            "bytes": os.path.getsize(task["path"]), "per_class": per_class,
+            "skipped": skipped, "converted": converted,
             "cpu_s": time.process_time() - cpu_start}
 
 

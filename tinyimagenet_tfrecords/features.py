@@ -2,8 +2,8 @@
 
 The converter serializes with :func:`encode_example` (TF-free; :func:`serialize_example` is the
 ``tf.train.Example`` equivalent); the input pipeline and ``verify`` parse with
-:data:`PARSE_SPEC` and decode with :func:`decode_image`. Keeping both next to the keys means a renamed key cannot silently
-produce empty features on the reading side. Bump ``SCHEMA_VERSION`` on any change here: the
+:data:`PARSE_SPEC` and decode with :func:`decode_image`. Keeping both next to the keys means
+a renamed key cannot silently produce empty features on the reading side. Bump ``SCHEMA_VERSION`` on any change here: the
 reader refuses builds written with another schema.
 
 TensorFlow is imported lazily (on first use of :data:`PARSE_SPEC`, :func:`serialize_example`
