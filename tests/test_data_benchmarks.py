@@ -46,6 +46,7 @@ def test_student_numpy_recipe_keeps_shape_and_range_and_changes_about_half():
     assert 10 <= changed <= 30  # Sometimes(0.5, ...)
 
 
+@pytest.mark.slow
 def test_bench_measures_every_stage_and_reports_json(tiny):
     src, data = tiny
     figures = bench.run_bench(
@@ -92,8 +93,10 @@ def test_build_bench_times_each_storage(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["-m", "benchmarks.pipeline", "--data=/no/such/build"], "/no/such/build"),
-    (["-m", "benchmarks.pipeline", "--data=x", "--stages=warp"], "warp"),
+    pytest.param(["-m", "benchmarks.pipeline", "--data=/no/such/build"], "/no/such/build",
+                 marks=pytest.mark.slow),  # imports TensorFlow in a subprocess
+    pytest.param(["-m", "benchmarks.pipeline", "--data=x", "--stages=warp"], "warp",
+                 marks=pytest.mark.slow),
     (["benchmarks/old_way_imgaug.py", "--src=/no/such/src", "--noaugment"], "/no/such/src"),
 ])
 def test_data_benchmarks_exit_2_with_one_line_on_bad_input(args, expected):
