@@ -103,6 +103,7 @@ def test_backend_neutral_mode_reports_a_row_and_refuses_float16(product_steps):
                                           xla=False, precision="mixed_float16", width=TINY)
 
 
+@pytest.mark.slow
 def test_train_step_bench_times_the_product_step_with_xla_on_and_off(product_steps):
     lines = []
     summary = train_step_bench.run_benchmark(
