@@ -219,7 +219,9 @@ def predict_split(model, build_dir: str, manifest: dict, *, split: str, image_si
     @tf.autograph.experimental.do_not_convert
     def decode(serialized):
         parsed = pipeline.parse_batch(serialized)
-        return pipeline.decode_batch(parsed, image_size, storage), parsed[features.FILENAME]
+        names = tf.io.parse_example(
+            serialized, {features.FILENAME: tf.io.FixedLenFeature([], tf.string)})
+        return pipeline.decode_batch(parsed, image_size, storage), names[features.FILENAME]
 
     ds = (tf.data.TFRecordDataset(files).batch(batch_size)
           .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
