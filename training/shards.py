@@ -8,6 +8,7 @@ they are used when present, and this module's own checks (the same contract) oth
 from __future__ import annotations
 
 import os
+import re
 
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from training.errors import RunFailure
@@ -56,7 +57,8 @@ def data_loss_failure(build_dir: str, manifest: dict, error: Exception,
     corrupt shard(s), found by re-reading the splits."""
     bad = [p for s in splits if s in manifest["splits"]
            for p in find_corrupt_shards(build_dir, manifest, s)]
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else "corrupted record"
+    match = re.search(r"corrupted record at \d+|truncated record at \d+", str(error))
+    detail = match.group(0) if match else "corrupted record"
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         return RunFailure(f"{bad[0]}{more}: corrupt shard ({detail}); rebuild the data "
