@@ -52,7 +52,7 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
     step = eval_step or steps_lib.make_eval_step(model, xla=xla)
     ds = pipeline.make_dataset(build_dir, split, batch_size=batch_size, image_size=image_size,
                                training=False)
-    totals = np.zeros(4, np.float64)
+    totals = np.zeros(len(steps_lib.EVAL_TOTALS), np.float64)
     labels, preds = [], []
     for images, y in ds:
         t, probs = step(images, y)
@@ -60,9 +60,10 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
         if keep_outputs:
             labels.append(y.numpy())
             preds.append(np.argmax(probs.numpy(), axis=1))
-    n = max(totals[3], 1.0)
-    out = {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
-           "count": int(totals[3])}
+    t = dict(zip(steps_lib.EVAL_TOTALS, totals))
+    n = max(t["count"], 1.0)
+    out = {"loss": t["ce_sum"] / n, "top1": t["top1"] / n, "top5": t["top5"] / n,
+           "count": int(t["count"])}
     if keep_outputs:
         out["labels"] = np.concatenate(labels) if labels else np.zeros(0, np.int32)
         out["preds"] = np.concatenate(preds) if preds else np.zeros(0, np.int64)

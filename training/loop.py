@@ -106,8 +106,10 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     describe the network; short CPU runs (tests, demos) use e.g. 0.9. Full recipes keep 0.99.
     """
     n = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # a nested model: its layers too
+            n += set_bn_momentum(layer, momentum)
+        elif isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = float(momentum)
             n += 1
     return n
