@@ -100,3 +100,18 @@ def test_cli_refuses_with_one_line_and_exit_2_and_no_module_warning(test_build, 
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unlabelled" in lines[0], lines
     assert "RuntimeWarning" not in proc.stderr
+
+
+def test_corrupt_shard_is_a_failure_naming_the_shard(test_build, saved_model, tmp_path):
+    import shutil
+
+    from training.errors import RunFailure
+    data = tmp_path / "data"
+    shutil.copytree(test_build, data)
+    shard = data / "val-00000-of-00001.tfrecord"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 16] = b"\0" * 16
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(RunFailure, match=r"val-00000-of-00001.tfrecord: corrupt shard"):
+        evaluate.evaluate_model(saved_model, str(data), out=str(tmp_path / "r"), xla=False,
+                                misclassified=0)

@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from training import reports
-from training.errors import RunError
+from training.errors import RunError, RunFailure
 
 CLASSES_NAME = "classes.json"
 
@@ -274,6 +274,7 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     Raises:
       RunError: bad input (missing model, other classes, inapplicable image size, a report
         asked of an unlabelled split, nothing to write). ``manifest.BuildError``: bad build.
+      RunFailure: a corrupt shard (named) or an output that cannot be written.
     """
     from tinyimagenet_tfrecords import manifest as manifest_lib
     if not out and not predictions:
@@ -294,15 +295,22 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     check_classes(model_path, model.output_shape[-1], manifest, build_dir)
     size = resolve_image_size(model, image_size, model_path)
     result = {"report": None, "predictions": None, "image_size": size}
-    if out:
-        result["report"] = write_report(
-            model, build_dir, out, manifest=manifest, split=split, image_size=size,
-            batch_size=batch_size, xla=xla, misclassified=misclassified,
-            worst_k=worst_classes, model_name=os.path.basename(model_path))
-    if predictions:
-        result["predictions"] = write_predictions(
-            model, build_dir, predictions, manifest=manifest, split=split, image_size=size,
-            batch_size=batch_size)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from training import shards  # pylint: disable=import-outside-toplevel
+    try:
+        if out:
+            result["report"] = write_report(
+                model, build_dir, out, manifest=manifest, split=split, image_size=size,
+                batch_size=batch_size, xla=xla, misclassified=misclassified,
+                worst_k=worst_classes, model_name=os.path.basename(model_path))
+        if predictions:
+            result["predictions"] = write_predictions(
+                model, build_dir, predictions, manifest=manifest, split=split,
+                image_size=size, batch_size=batch_size)
+    except tf.errors.DataLossError as e:
+        raise shards.data_loss_failure(build_dir, manifest, e, splits=(split,)) from None
+    except OSError as e:
+        raise RunFailure(f"{e.filename or out or predictions}: {e.strerror or e}") from None
     return result
 
 
