@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from training import console
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +64,7 @@ def test_progress_on_a_terminal_rewrites_one_line():
     assert "compiling" in text and "3/3" in text and "\x1b" not in text
 
 
+@pytest.mark.slow  # a subprocess importing TensorFlow
 def test_tensorflow_start_up_noise_is_not_printed():
     proc = subprocess.run(
         [sys.executable, "-c", "from training import console; "

@@ -90,6 +90,7 @@ def test_unlabelled_split_is_refused_a_score_and_gets_predictions(test_build, sa
         assert top[0] == r["wnid"] and set(top) == wnids  # 3 classes: all of them, ranked
 
 
+@pytest.mark.slow  # a subprocess importing TensorFlow
 def test_cli_refuses_with_one_line_and_exit_2_and_no_module_warning(test_build, saved_model,
                                                                      tmp_path):
     proc = subprocess.run(

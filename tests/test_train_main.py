@@ -101,6 +101,7 @@ def test_help_of_the_console_script_lists_the_flags():
         assert name in out, (name, out[-2000:])
 
 
+@pytest.mark.slow  # a subprocess importing TensorFlow
 def test_bad_model_size_is_refused_before_anything_is_written(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_main.py"), f"--data={tmp_path}/d",
