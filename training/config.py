@@ -28,7 +28,6 @@ STRATEGIES = ("auto", "mirrored", "default")
 SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8}
 
 
-
 def setting(default: Any, help: str, *, runtime_only: bool = False,
             choices: tuple[str, ...] | None = None) -> Any:
     """A :class:`RunConfig` field declared once: its default, its flag's help text, and whether
