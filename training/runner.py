@@ -33,8 +33,8 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     import models  # pylint: disable=import-outside-toplevel
     config_lib.validate(cfg, recipe_names=augment.RECIPE_NAMES, model_names=models.NAMES)
     manifest = manifest_lib.load_manifest(cfg.data)
-    shards.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
-                                                  if s in manifest["splits"]))
+    manifest_lib.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
+                                                        if s in manifest["splits"]))
     return manifest
 
 
