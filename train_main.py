@@ -56,6 +56,9 @@ flags.DEFINE_string("augment", "none", "augmentation recipe (augment.RECIPE_NAME
 flags.DEFINE_enum("optimizer", "adam", ["adam", "rmsprop", "sgd"], "optimizer")
 flags.DEFINE_float("learning_rate", 1e-3, "learning rate (constant schedule)")
 flags.DEFINE_float("epsilon", 1e-7, "optimizer epsilon (Adam/RMSprop)")
+flags.DEFINE_bool("rmsprop_epsilon_outside_root", False,
+                  "RMSprop adds epsilon outside the square root, as Keras 2.2.4 did")
+flags.DEFINE_bool("sync_bn", False, "synchronised BatchNorm across replicas")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "triangular2"],
                   "constant (+ optional ReduceLROnPlateau) or Triangular2 phases")
 flags.DEFINE_bool("plateau", False, "ReduceLROnPlateau on val_loss (phases may override)")
@@ -86,7 +89,8 @@ _CONFIG_FLAGS = (
     "val_image_size", "eval_batch_size", "optimizer", "learning_rate", "epsilon",
     "lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr", "precision", "xla",
     "strategy", "seed", "deterministic", "checkpoint_every", "keep_checkpoints",
-    "misclassified", "worst_classes", "make_synthetic_data", "progress", "stop_after_epoch")
+    "misclassified", "worst_classes", "make_synthetic_data", "progress", "stop_after_epoch",
+    "rmsprop_epsilon_outside_root", "sync_bn")
 
 
 def build_config(f) -> "training.config.RunConfig":  # noqa: F821

@@ -38,6 +38,7 @@ from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 from training import config as config_lib
 from training import evaluate as evaluate_lib
+from training import optimizers as optimizers_lib
 from training import reports
 from training import schedules
 from training import steps as steps_lib
@@ -69,19 +70,6 @@ def make_schedule(cfg: config_lib.RunConfig, num_train: int):
         spe = [steps_per_epoch(cfg, p, num_train) for p in cfg.phases]
         return schedules.Triangular2(schedules.phases_from_epochs(table, spe))
     return cfg.learning_rate
-
-
-def make_optimizer(cfg: config_lib.RunConfig, learning_rate) -> keras.optimizers.Optimizer:
-    """Adam / RMSprop / SGD (+ loss scaling for mixed float16)."""
-    if cfg.optimizer == "adam":
-        opt = keras.optimizers.Adam(learning_rate, epsilon=cfg.epsilon)
-    elif cfg.optimizer == "rmsprop":
-        opt = keras.optimizers.RMSprop(learning_rate, epsilon=cfg.epsilon)
-    else:
-        opt = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    if cfg.precision == "mixed_float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    return opt
 
 
 class TrainState(tf.Module):
@@ -202,7 +190,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                              image_size=_model_image_size(cfg), width=cfg.width)
         if cfg.bn_momentum:
             set_bn_momentum(model, cfg.bn_momentum)
-        optimizer = make_optimizer(cfg, make_schedule(cfg, num_train))
+        optimizer = optimizers_lib.make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
         state = TrainState()
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
