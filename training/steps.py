@@ -24,8 +24,9 @@ import tensorflow as tf
 
 import augment
 
-# Totals returned by a train call: CE summed over examples, correct top-1, examples, reg loss.
-TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum")
+# Totals returned by a train call: CE summed over examples, correct top-1, examples, reg loss,
+# and the steps run (fewer than asked when a step's loss was not finite: the call stops there).
+TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum", "steps")
 EVAL_TOTALS = ("ce_sum", "top1", "top5", "count")
 
 
@@ -33,10 +34,14 @@ def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     """How many classes score strictly higher than the true one (0 = top-1 hit).
 
     Pure arithmetic, so it compiles under XLA (unlike some top-k kernels) and top-k accuracy is
-    ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does.
+    ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does. A row
+    with any non-finite score ranks last (the number of classes): a NaN model is never right
+    (``NaN > x`` is false, so a plain count would call every NaN row a top-1 hit).
     """
     true_p = tf.gather(probs, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
-    return tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
+    rank = tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
+    finite = tf.reduce_all(tf.math.is_finite(probs), axis=1)
+    return tf.where(finite, rank, tf.shape(probs)[1])
 
 
 @dataclasses.dataclass
@@ -44,8 +49,9 @@ class TrainStep:
     """A compiled train step for one (image size, batch, augmentation) signature.
 
     Attributes:
-      run: ``run(iterator, num_steps) -> float32 [4]`` totals (see ``TRAIN_TOTALS``), reduced
-        over replicas and summed over the steps.
+      run: ``run(iterator, num_steps) -> float32 [5]`` totals (see ``TRAIN_TOTALS``), reduced
+        over replicas and summed over the steps; stops after the first step whose totals
+        (loss included) are not finite, so the caller can name that step.
       compute: the inner per-replica ``tf.function`` (``jit_compile=xla``), exposed so tests
         and benchmarks can prove XLA compiled it.
     """
@@ -99,12 +105,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     @tf.function
     def run(iterator, num_steps):
-        totals = tf.zeros([len(TRAIN_TOTALS)], tf.float32)
+        totals = tf.zeros([len(TRAIN_TOTALS) - 1], tf.float32)
+        done = tf.constant(0.0)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
             per_replica = strategy.run(replica_step, args=(images, labels))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return totals
+            step_totals = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            totals += step_totals
+            done += 1.0
+            if not tf.reduce_all(tf.math.is_finite(step_totals)):
+                break
+        return tf.concat([totals, [done]], axis=0)
 
     return TrainStep(run=run, compute=compute)
 
