@@ -20,8 +20,9 @@ per example. The order of the stages is chosen for throughput on a few host core
 6. optional in-memory cache of the *decoded* uint8 images (before the shuffle, so every epoch
    is still reshuffled); 10k validation images are 123 MB, the 100k training images 1.2 GB;
 7. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
-   pipeline's part exactly once, in an order shuffled with seeds derived from ``(seed, p)``
-   only (files, then examples); passes are concatenated and batches cut from the stream, so a
+   pipeline's part exactly once, in an order shuffled by stateless seeds of ``(seed, p)``
+   only (the files, then the records within windows of ``shuffle_buffer``); passes are
+   concatenated and batches cut from the stream, so a
    batch may straddle two passes. The stream can start at any example ``K`` (pass
    ``K // part``, skipping ``K % part`` serialized records before parsing), which is how a
    run resumes at the exact example where it stopped;
@@ -248,21 +249,38 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
                      shuffle_buffer: int) -> tf.data.Dataset:
     """The endless training stream of serialized records, from example ``start_example`` on.
 
-    Pass ``p`` is this pipeline's part read once: files shuffled, interleaved, then records
-    shuffled through ``shuffle_buffer``, both seeded by :func:`pass_seed`. Starting at ``K``
-    builds pass ``K // part`` directly and skips ``K % part`` records of it (serialized,
-    before any parsing).
+    Pass ``p`` reads this pipeline's part once: the files in an order shuffled by
+    :func:`pass_seed`, interleaved, then the records shuffled within consecutive windows of
+    ``shuffle_buffer`` (each window by its own seed). Stateless shuffles only: the order of pass
+    ``p`` depends on ``(seed, p)`` alone, so starting at ``K`` builds pass ``K // part`` directly
+    and skips ``K % part`` records of it (serialized, before any parsing).
     """
     if part < 1:
         raise ValueError("the training split has no examples for this input pipeline")
     first_pass, offset = divmod(int(start_example), int(part))
+    n, pid = num_input_pipelines, input_pipeline_id
+    shard_files = n > 1 and len(files) >= n
+    shard_examples = n > 1 and not shard_files
+    if shard_files:
+        files = list(files)[pid::n]
+    names = tf.constant(list(files))
+    window = max(1, min(int(shuffle_buffer), int(part)))
+
+    def shuffle_window(s, index, records):
+        return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([s, index]))
 
     def one_pass(p):
         s = pass_seed(seed, p)
-        ds = _records(files, training=True, seed=s, deterministic=deterministic,
-                      num_input_pipelines=num_input_pipelines,
-                      input_pipeline_id=input_pipeline_id)
-        return ds.shuffle(shuffle_buffer, seed=s + 1)
+        order = tf.random.experimental.stateless_shuffle(names, seed=tf.stack([s, -1]))
+        ds = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), DEFAULT_CYCLE_LENGTH)),
+            block_length=1, num_parallel_calls=AUTOTUNE,
+            # Sharding examples needs the same record order in every pipeline.
+            deterministic=True if shard_examples else deterministic)
+        if shard_examples:
+            ds = ds.shard(n, pid)
+        ds = ds.batch(window).enumerate().map(lambda i, w: shuffle_window(s, i, w))
+        return ds.prefetch(1).unbatch()
 
     passes = tf.data.Dataset.range(first_pass, 2 ** 62).flat_map(one_pass)
     return passes.skip(offset) if offset else passes
@@ -315,7 +333,8 @@ def make_dataset(
       num_input_pipelines, input_pipeline_id: this pipeline's share (``tf.distribute``
         ``InputContext``): whole shard files when there are at least as many files as
         pipelines, else every n-th example.
-      shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
+      shuffle_buffer: records per shuffle window of the training stream (decoded images in the
+        shuffle buffer with ``cache``).
       jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
         tf.data: the recipes' many small elementwise ops fuse, measured ~5x faster on the host
         CPU. Set ``False`` for a callable with ops XLA cannot compile.

@@ -35,13 +35,13 @@ def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
 
     Pure arithmetic, so it compiles under XLA (unlike some top-k kernels) and top-k accuracy is
     ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does. A row
-    with any non-finite score ranks last (the number of classes): a NaN model is never right
-    (``NaN > x`` is false, so a plain count would call every NaN row a top-1 hit).
+    with any non-finite score gets the largest int32 rank, a miss for every k: a NaN model is
+    never right (``NaN > x`` is false, so a plain count would call every NaN row a top-1 hit).
     """
     true_p = tf.gather(probs, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
     rank = tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
     finite = tf.reduce_all(tf.math.is_finite(probs), axis=1)
-    return tf.where(finite, rank, tf.shape(probs)[1])
+    return tf.where(finite, rank, tf.int32.max)
 
 
 @dataclasses.dataclass
