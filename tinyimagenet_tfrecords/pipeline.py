@@ -21,7 +21,7 @@ per example. The order of the stages is chosen for throughput on a few host core
    is still reshuffled); 10k validation images are 123 MB, the 100k training images 1.2 GB;
 7. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
    pipeline's part exactly once, in an order shuffled by stateless seeds of ``(seed, p)``
-   only (the files, then the records within windows of ``shuffle_buffer``); passes are
+   only (the files, then the records through the shuffle buffer); passes are
    concatenated and batches cut from the stream, so a
    batch may straddle two passes. The stream can start at any example ``K`` (pass
    ``K // part``, skipping ``K % part`` serialized records before parsing), which is how a
@@ -250,9 +250,8 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
     """The endless training stream of serialized records, from example ``start_example`` on.
 
     Pass ``p`` reads this pipeline's part once: the files in an order shuffled by
-    :func:`pass_seed`, interleaved, then the records shuffled within consecutive windows of
-    ``shuffle_buffer`` (each window by its own seed). Stateless shuffles only: the order of pass
-    ``p`` depends on ``(seed, p)`` alone, so starting at ``K`` builds pass ``K // part`` directly
+    :func:`pass_seed`, interleaved, then the records through a ``shuffle_buffer`` seeded by
+    it too. The order of pass ``p`` depends on ``(seed, p)`` alone, so starting at ``K`` builds pass ``K // part`` directly
     and skips ``K % part`` records of it (serialized, before any parsing).
     """
     if part < 1:
@@ -264,12 +263,12 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
     if shard_files:
         files = list(files)[pid::n]
     names = tf.constant(list(files))
-    window = max(1, min(int(shuffle_buffer), int(part)))
-
-    def shuffle_window(s, index, records):
-        return tf.random.experimental.stateless_shuffle(records, seed=tf.stack([s, index]))
 
     def one_pass(p):
+        # Dataset.shuffle needs a graph-level seed to accept a tensor op seed (TF compares the
+        # pair in Python when the global seed is 0); set here it is this traced function's
+        # own graph seed, not the program's.
+        tf.random.set_seed(1)
         s = pass_seed(seed, p)
         order = tf.random.experimental.stateless_shuffle(names, seed=tf.stack([s, -1]))
         ds = tf.data.Dataset.from_tensor_slices(order).interleave(
@@ -279,8 +278,7 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
             deterministic=True if shard_examples else deterministic)
         if shard_examples:
             ds = ds.shard(n, pid)
-        ds = ds.batch(window).enumerate().map(lambda i, w: shuffle_window(s, i, w))
-        return ds.prefetch(1).unbatch()
+        return ds.shuffle(shuffle_buffer, seed=s + 1, reshuffle_each_iteration=False)
 
     passes = tf.data.Dataset.range(first_pass, 2 ** 62).flat_map(one_pass)
     return passes.skip(offset) if offset else passes
@@ -333,8 +331,7 @@ def make_dataset(
       num_input_pipelines, input_pipeline_id: this pipeline's share (``tf.distribute``
         ``InputContext``): whole shard files when there are at least as many files as
         pipelines, else every n-th example.
-      shuffle_buffer: records per shuffle window of the training stream (decoded images in the
-        shuffle buffer with ``cache``).
+      shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
       jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
         tf.data: the recipes' many small elementwise ops fuse, measured ~5x faster on the host
         CPU. Set ``False`` for a callable with ops XLA cannot compile.
