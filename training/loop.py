@@ -156,6 +156,8 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
 
 def xla_compiled(step: steps_lib.TrainStep) -> bool:
     """True when every traced variant of the step's inner function is marked for XLA."""
+    if step.compute is None:  # traced inline (synchronised BatchNorm on several replicas)
+        return False
     concretes = step.compute._list_all_concrete_functions()  # noqa: SLF001 - tracing record
     return bool(concretes) and all(
         c.function_def.attr["_XlaMustCompile"].b if "_XlaMustCompile" in c.function_def.attr
@@ -225,6 +227,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
     _warn_small_replica_batches(cfg, strategy.num_replicas_in_sync)
+    if cfg.sync_bn and cfg.xla and strategy.num_replicas_in_sync > 1:
+        _log("warning: --sync_bn with several replicas: the per-replica step runs without XLA "
+             "(MirroredStrategy's all-reduce cannot sit inside the compiled function)")
     best = WeightCopy(model, "best")
     parts = dict(model=model, optimizer=optimizer, state=state, plateau=plateau, best=best)
     phase_best = None
@@ -264,7 +269,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
             recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
             step = train_steps[phase.signature] = steps_lib.make_train_step(
                 model, optimizer, strategy, recipe=recipe, global_batch_size=phase.batch_size,
-                base_seed=cfg.seed, xla=cfg.xla)
+                base_seed=cfg.seed, xla=cfg.xla, cross_replica_layers=cfg.sync_bn)
         if stream is None or stream[0] != phase_idx:
             # One stream per phase, continued across its epochs; a new phase (other batch or
             # image size) picks the stream up at the same example.

@@ -53,16 +53,18 @@ class TrainStep:
         over replicas and summed over the steps; stops after the first step whose totals
         (loss included) are not finite, so the caller can name that step.
       compute: the inner per-replica ``tf.function`` (``jit_compile=xla``), exposed so tests
-        and benchmarks can prove XLA compiled it.
+        and benchmarks can prove XLA compiled it; None when traced inline (see
+        ``cross_replica_layers``).
     """
 
     run: Callable
-    compute: tf.types.experimental.GenericFunction
+    compute: tf.types.experimental.GenericFunction | None
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     strategy: tf.distribute.Strategy, *, recipe: Callable | None,
-                    global_batch_size: int, base_seed: int, xla: bool = True) -> TrainStep:
+                    global_batch_size: int, base_seed: int, xla: bool = True,
+                    cross_replica_layers: bool = False) -> TrainStep:
     """Builds the distributed train step (see the module docstring for the design).
 
     Args:
@@ -74,12 +76,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         since the optimizer sums gradients across replicas).
       base_seed: the run's seed, folded with the step and replica id for augmentation.
       xla: compile ``compute`` with XLA.
+      cross_replica_layers: the model all-reduces inside its forward pass (synchronised
+        BatchNorm). Under ``MirroredStrategy`` that all-reduce is a ``merge_call``, which TF
+        refuses inside a nested ``tf.function`` (measured: "merge_call called while defining a
+        new graph"), so with several replicas ``compute`` is traced inline into the outer
+        function, without XLA, and ``TrainStep.compute`` is None.
     """
     replicas = strategy.num_replicas_in_sync
     variables = model.trainable_variables
+    inline = cross_replica_layers and replicas > 1
 
-    @tf.function(jit_compile=xla, reduce_retracing=True)
-    def compute(images, labels, seed):
+    def compute_fn(images, labels, seed):
         x = recipe(images, seed) if recipe is not None else images
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
@@ -95,6 +102,9 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         correct = tf.reduce_sum(tf.cast(pred == tf.cast(labels, tf.int32), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return grads, tf.stack([tf.reduce_sum(ce), correct, count, reg / replicas])
+
+    compute = compute_fn if inline else tf.function(compute_fn, jit_compile=xla,
+                                                     reduce_retracing=True)
 
     def replica_step(images, labels):
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
@@ -117,7 +127,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 break
         return tf.concat([totals, [done]], axis=0)
 
-    return TrainStep(run=run, compute=compute)
+    return TrainStep(run=run, compute=None if inline else compute)
 
 
 def make_eval_step(model: keras.Model, *, xla: bool = True) -> Callable:
