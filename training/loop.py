@@ -1,12 +1,14 @@
 """The fit loop: curriculum phases, checkpoints and exact resume, per-epoch outputs.
 
 Resume is exact because everything random is a function of the position in training:
-the training data of epoch ``e`` come from a fresh pipeline seeded with ``(seed, e)``,
-augmentation seeds from ``(seed, global step, replica id)``, and the learning rate from the
-optimizer's step (Triangular2) or from the checkpointed plateau state. A checkpoint holds the
-model, the optimizer (step, slots, learning rate), the epoch counter, the plateau state and the
-metrics history; re-running the same command continues after the last checkpointed epoch,
-neither repeating nor skipping one.
+the training data are one stream of seeded data passes (``pipeline.training_records``) read
+from the example the checkpoint recorded, augmentation seeds come from ``(seed, global step,
+replica id)``, and the learning rate from the optimizer's step (Triangular2) or from the
+checkpointed plateau state. A checkpoint holds the model, the optimizer (step, slots, learning
+rate), the epoch counter, the stream position, the plateau state, the metrics history and the
+best weights (of the run, and of the phase for ``init=best``); re-running the same command
+continues after the last checkpointed epoch, neither repeating nor skipping one. ``best.keras``
+is exported only after the checkpoint that records its weights.
 
 Output folder (``cfg.out``)::
 
@@ -15,7 +17,7 @@ Output folder (``cfg.out``)::
     checkpoints/         tf.train.CheckpointManager files
     history.csv          one row per epoch (reports.CSV_FIELDS); history.json the same
     loss.png accuracy.png
-    best.keras           the model with the best val top-1 so far
+    best.keras           the model with the best val top-1 so far (as of the last checkpoint)
     tensorboard/         tf.summary scalars
     eval/                the final evaluation report of best.keras (training.evaluate)
 """
