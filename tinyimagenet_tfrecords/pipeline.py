@@ -20,12 +20,11 @@ per example. The order of the stages is chosen for throughput on a few host core
 6. optional in-memory cache of the *decoded* uint8 images (before the shuffle, so every epoch
    is still reshuffled); 10k validation images are 123 MB, the 100k training images 1.2 GB;
 7. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
-   pipeline's part exactly once, in an order shuffled by stateless seeds of ``(seed, p)``
-   only (the files, then the records through the shuffle buffer); passes are
-   concatenated and batches cut from the stream, so a
-   batch may straddle two passes. The stream can start at any example ``K`` (pass
-   ``K // part``, skipping ``K % part`` serialized records before parsing), which is how a
-   run resumes at the exact example where it stopped;
+   pipeline's part exactly once, in an order shuffled with seeds of ``(seed, p)`` only (the
+   files, then the records through the shuffle buffer); passes are concatenated and batches
+   cut from the stream, so a batch may straddle two passes. The stream can start at any
+   example ``K`` (pass ``K // part``, skipping ``K % part`` serialized records before
+   parsing), which is how a run resumes at the exact example where it stopped;
 8. batch, optional per-batch augmentation (XLA-compiled by default) with
    a stateless seed derived from the pipeline seed, the input pipeline id and the batch
    index, then prefetch.
@@ -251,8 +250,9 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
 
     Pass ``p`` reads this pipeline's part once: the files in an order shuffled by
     :func:`pass_seed`, interleaved, then the records through a ``shuffle_buffer`` seeded by
-    it too. The order of pass ``p`` depends on ``(seed, p)`` alone, so starting at ``K`` builds pass ``K // part`` directly
-    and skips ``K % part`` records of it (serialized, before any parsing).
+    it too. The order of pass ``p`` depends on ``(seed, p)`` alone, so starting at ``K``
+    builds pass ``K // part`` directly and skips ``K % part`` records of it (serialized,
+    before any parsing).
     """
     if part < 1:
         raise ValueError("the training split has no examples for this input pipeline")

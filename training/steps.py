@@ -11,7 +11,10 @@ What works on CPUs and GPUs alike is an explicit split:
 * an outer ``tf.function`` that runs ``strategy.run`` for ``num_steps`` steps per call.
 
 Augmentation seeds are ``augment.step_seed(base_seed, global_step, replica_id)``: a pure
-function of the position in training, so a resumed run draws the same augmentations.
+function of the position in training, so a resumed run draws the same augmentations. The
+global step is ``optimizer.iterations``, which counts every step taken, including steps the
+loss-scale optimizer skipped on an overflow (``training.optimizers``), so it also equals the
+batches consumed and drives the learning-rate schedule in step with the data.
 """
 
 from __future__ import annotations
