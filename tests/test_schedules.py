@@ -79,7 +79,8 @@ def test_net2_table_gives_documented_phase_starts():
 
 
 def test_net2_flagfile_phases_match_the_table():
-    """flags/net2.flags and net2_student.flags encode networks.md's table (students halved)."""
+    """flags/net2.flags and net2_student.flags encode networks.md's table (students: halved
+    phase lengths, the original step sizes)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name, scale in (("net2.flags", 1.0), ("net2_student.flags", 0.5)):
         with open(os.path.join(root, "flags", name)) as f:
@@ -88,7 +89,7 @@ def test_net2_flagfile_phases_match_the_table():
         phases = [config_lib.parse_phase(s, image_size=64, batch_size=128, augment="none",
                                          plateau=False) for s in specs]
         assert [(p.epochs, p.min_lr, p.max_lr, p.step_epochs) for p in phases] == [
-            (int(r["epochs"] * scale), r["min_lr"], r["max_lr"], r["step_epochs"] * scale)
+            (int(r["epochs"] * scale), r["min_lr"], r["max_lr"], r["step_epochs"])
             for r in NET2_TABLE]
 
 
@@ -170,3 +171,36 @@ def test_plateau_reset_forgets_best_and_wait():
     plateau.reset()
     assert plateau.state() == {"best": math.inf, "wait": 0}
     assert plateau.update(1.5, 1e-3) == 1e-3 and plateau.state()["best"] == 1.5
+
+
+def _flagfile_phases(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "flags", name)) as f:
+        specs = [line.strip().split("=", 1)[1] for line in f if line.startswith("--phase=")]
+    return [config_lib.parse_phase(s, image_size=64, batch_size=128, augment="none",
+                                   plateau=False) for s in specs]
+
+
+def test_student_flagfile_keeps_original_step_sizes_with_halved_phases():
+    """Seed report Fig. 6 (6,6,4,2,2,2) and Fig. 11 (1.067e-7 per batch in phase 1)."""
+    phases = _flagfile_phases("net2_student.flags")
+    assert [p.epochs for p in phases] == [12, 12, 12, 6, 6, 6]
+    assert [p.step_epochs for p in phases] == [6, 6, 4, 2, 2, 2]
+    table = [{"epochs": p.epochs, "min_lr": p.min_lr, "max_lr": p.max_lr,
+              "step_epochs": p.step_epochs} for p in phases]
+    sched = schedules.Triangular2(schedules.phases_from_epochs(table, SPE))
+    increment = float(sched(1)) - float(sched(0))
+    assert increment == pytest.approx((6e-4 - 1e-4) / (6 * 782), rel=1e-3)
+    assert increment == pytest.approx(1.067e-7, rel=2e-3)  # the report: 6 x 781 steps
+
+
+def test_net1_flagfile_has_one_phase_per_plateau_fit_call():
+    """The notebook's 60 plateau epochs were four 15-epoch fit calls, then a 10-epoch one;
+    each phase start resets the callback as each fit call did."""
+    phases = _flagfile_phases("net1.flags")
+    assert sum(p.epochs for p in phases) == 245
+    assert [(p.epochs, p.image_size, p.batch_size, p.augment, p.plateau) for p in phases] == [
+        (15, 32, 256, "none", True), (15, 64, 64, "none", True), (15, 64, 64, "none", False),
+        (10, 16, 256, "none", False), (15, 64, 64, "none", False),
+        (105, 64, 64, "original_net1", False)] + [(15, 64, 64, "original_net1", True)] * 4 + [
+        (10, 64, 64, "original_net1", True)]

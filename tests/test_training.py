@@ -438,8 +438,8 @@ def test_net1_flagfile_is_the_original_245_epoch_curriculum():
     assert sum(p.epochs for p in phases) == 245
     assert [(p.epochs, p.image_size, p.batch_size) for p in phases[:5]] == [
         (15, 32, 256), (15, 64, 64), (15, 64, 64), (10, 16, 256), (15, 64, 64)]
-    assert [p.plateau for p in phases] == [True, True, False, False, False, False, True, True]
-    assert [p.augment for p in phases] == ["none"] * 5 + ["original_net1"] * 3
+    assert [p.plateau for p in phases] == [True, True, False, False, False, False] + [True] * 5
+    assert [p.augment for p in phases] == ["none"] * 5 + ["original_net1"] * 6
 
 
 def test_phase_spec_inherits_run_defaults_and_rejects_unknown_keys():

@@ -19,7 +19,13 @@ per example. The order of the stages is chosen for throughput on a few host core
    uint8; a resize to the stored size is skipped, so the 64 px default costs nothing;
 6. optional in-memory cache of the *decoded* uint8 images (before the shuffle, so every epoch
    is still reshuffled); 10k validation images are 123 MB, the 100k training images 1.2 GB;
-7. repeat (training), batch, optional per-batch augmentation (XLA-compiled by default) with
+7. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
+   pipeline's part exactly once, in an order shuffled with seeds of ``(seed, p)`` only (the
+   files, then the records through the shuffle buffer); passes are concatenated and batches
+   cut from the stream, so a batch may straddle two passes. The stream can start at any
+   example ``K`` (pass ``K // part``, skipping ``K % part`` serialized records before
+   parsing), which is how a run resumes at the exact example where it stopped;
+8. batch, optional per-batch augmentation (XLA-compiled by default) with
    a stateless seed derived from the pipeline seed, the input pipeline id and the batch
    index, then prefetch.
 
@@ -201,6 +207,69 @@ def _records(files: Sequence[str], *, training: bool, seed: int, deterministic: 
     return ds
 
 
+def pass_seed(seed, pass_index):
+    """The shuffle seed of data pass ``pass_index`` (int64 tensor): a pure function of both, so
+    any pass can be rebuilt on its own (resume) without replaying the ones before it."""
+    p = tf.cast(pass_index, tf.int64)
+    return (tf.constant(seed, tf.int64) * 1_000_003 + p * 7_919 + 12_345) % (2 ** 31 - 1)
+
+
+def part_size(manifest: dict, split: str, num_input_pipelines: int = 1,
+              input_pipeline_id: int = 0) -> int:
+    """Examples in this input pipeline's part of ``split`` (one data pass), from the manifest.
+
+    Mirrors :func:`_records`: whole shard files when every pipeline gets one, else every n-th
+    example of the deterministic record order.
+    """
+    counts = [int(s["num_examples"]) for s in manifest["splits"][split]["shards"]]
+    n = num_input_pipelines
+    if n > 1 and len(counts) >= n:
+        return sum(counts[input_pipeline_id::n])
+    total = sum(counts)
+    return (total - input_pipeline_id + n - 1) // n
+
+
+def training_records(files: Sequence[str], *, seed: int, start_example: int, part: int,
+                     deterministic: bool, num_input_pipelines: int, input_pipeline_id: int,
+                     shuffle_buffer: int) -> tf.data.Dataset:
+    """The endless training stream of serialized records, from example ``start_example`` on.
+
+    Pass ``p`` reads this pipeline's part once: the files in an order shuffled by
+    :func:`pass_seed`, interleaved, then the records through a ``shuffle_buffer`` seeded by
+    it too. The order of pass ``p`` depends on ``(seed, p)`` alone, so starting at ``K``
+    builds pass ``K // part`` directly and skips ``K % part`` records of it (serialized,
+    before any parsing).
+    """
+    if part < 1:
+        raise ValueError("the training split has no examples for this input pipeline")
+    first_pass, offset = divmod(int(start_example), int(part))
+    n, pid = num_input_pipelines, input_pipeline_id
+    shard_files = n > 1 and len(files) >= n
+    shard_examples = n > 1 and not shard_files
+    if shard_files:
+        files = list(files)[pid::n]
+    names = tf.constant(list(files))
+
+    def one_pass(p):
+        # Dataset.shuffle needs a graph-level seed to accept a tensor op seed (TF compares the
+        # pair in Python when the global seed is 0); set here it is this traced function's
+        # own graph seed, not the program's.
+        tf.random.set_seed(1)
+        s = pass_seed(seed, p)
+        order = tf.random.experimental.stateless_shuffle(names, seed=tf.stack([s, -1]))
+        ds = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset, cycle_length=max(1, min(len(files), DEFAULT_CYCLE_LENGTH)),
+            block_length=1, num_parallel_calls=AUTOTUNE,
+            # Sharding examples needs the same record order in every pipeline.
+            deterministic=True if shard_examples else deterministic)
+        if shard_examples:
+            ds = ds.shard(n, pid)
+        return ds.shuffle(shuffle_buffer, seed=s + 1, reshuffle_each_iteration=False)
+
+    passes = tf.data.Dataset.range(first_pass, 2 ** 62).flat_map(one_pass)
+    return passes.skip(offset) if offset else passes
+
+
 def make_dataset(
     build_dir: str,
     split: str,
@@ -218,6 +287,7 @@ def make_dataset(
     input_pipeline_id: int = 0,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     jit_augment: bool = True,
+    start_example: int = 0,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(images uint8 [B, S, S, 3], labels int32 [B])`` for a split.
 
@@ -251,6 +321,8 @@ def make_dataset(
       jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
         tf.data: the recipes' many small elementwise ops fuse (README, "Input pipeline", for
         the figures). Set ``False`` for a callable with ops XLA cannot compile.
+      start_example: training (not cached) only: where this pipeline's stream starts, in
+        examples of it (see :func:`training_records`); 0 starts at the first data pass.
 
     Raises:
       manifest.BuildError: ``build_dir`` is not a finished build of this schema, or lacks
@@ -258,6 +330,8 @@ def make_dataset(
       ValueError, TypeError: invalid arguments.
     """
     _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, augment)
+    if not isinstance(start_example, numbers.Integral) or start_example < 0:
+        raise ValueError(f"start_example must be an int >= 0, got {start_example!r}")
     batch_size, image_size = int(batch_size), int(image_size)
     manifest = manifest_lib.load_manifest(build_dir)
     files = manifest_lib.shard_paths(build_dir, manifest, split)
@@ -270,6 +344,8 @@ def make_dataset(
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
     repeat = training if repeat is None else bool(repeat)
     deterministic = True if not training else bool(deterministic)
+    if start_example and (cache or not (training and repeat)):
+        raise ValueError("start_example needs the training stream (training, repeat, no cache)")
 
     ds = _records(files, training=training, seed=seed, deterministic=deterministic,
                   num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
@@ -297,10 +373,17 @@ def make_dataset(
             if repeat:
                 ds = ds.repeat()
     else:
-        if training:
-            ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
+        if training and repeat:
+            ds = training_records(
+                files, seed=seed, start_example=start_example,
+                part=part_size(manifest, split, num_input_pipelines, input_pipeline_id),
+                deterministic=deterministic, num_input_pipelines=num_input_pipelines,
+                input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
+        else:
+            if training:
+                ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+            if repeat:
+                ds = ds.repeat()
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
@@ -346,8 +429,11 @@ def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwarg
 
     Each input pipeline gets its share of the split (see :func:`make_dataset`) and batches of
     ``input_context.get_per_replica_batch_size(global_batch_size)``. ``kwargs`` are the other
-    arguments of :func:`make_dataset`.
+    arguments of :func:`make_dataset`, except that ``start_example`` counts the examples
+    consumed over *all* input pipelines (global batches x steps); each pipeline, consuming an
+    equal share, starts at ``start_example // num_input_pipelines`` of its own stream.
     """
+    start_example = kwargs.pop("start_example", 0)
     for reserved in ("batch_size", "num_input_pipelines", "input_pipeline_id"):
         if reserved in kwargs:
             raise TypeError(f"make_input_fn sets {reserved} from the InputContext")
@@ -361,6 +447,7 @@ def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwarg
             batch_size=input_context.get_per_replica_batch_size(global_batch_size),
             num_input_pipelines=input_context.num_input_pipelines,
             input_pipeline_id=input_context.input_pipeline_id,
+            start_example=start_example // input_context.num_input_pipelines,
             **kwargs)
 
     return input_fn

@@ -66,6 +66,7 @@ class Phase:
     min_lr: float | None = None
     max_lr: float | None = None
     step_epochs: float | None = None
+    init: str = "last"
 
     @property
     def signature(self) -> tuple:
@@ -99,12 +100,18 @@ class RunConfig:
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS)
     learning_rate: float = setting(1e-3, "learning rate (constant schedule)")
     epsilon: float = setting(1e-7, "optimizer epsilon (Adam/RMSprop)")
+    rmsprop_epsilon_outside_root: bool = setting(
+        False, "RMSprop adds epsilon outside the square root, lr*g/(sqrt(v)+eps), as Keras "
+        "2.2.4 (the authors') did; Keras 3 computes lr*g/sqrt(v+eps)")
     lr_schedule: str = setting("constant", "constant (+ optional ReduceLROnPlateau) or "
                                "Triangular2 phases", choices=SCHEDULES)
     plateau_factor: float = setting(math.sqrt(0.1), "ReduceLROnPlateau factor")
     plateau_patience: int = setting(5, "ReduceLROnPlateau patience (epochs)")
     plateau_min_lr: float = setting(5e-7, "ReduceLROnPlateau minimum learning rate")
     precision: str = setting("float32", "compute precision", choices=PRECISIONS)
+    sync_bn: bool = setting(
+        False, "synchronised BatchNorm: batch statistics over all replicas' examples "
+        "(recommended when the per-replica batch is below 16)")
     xla: bool = setting(True, "compile the per-replica train step with XLA")
     strategy: str = setting("auto", "auto: MirroredStrategy over several GPUs, else default",
                             choices=STRATEGIES)
@@ -149,7 +156,10 @@ class RunConfig:
 
 _BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False,
          "yes": True, "no": False}
-_PHASE_KEYS = ("epochs", "size", "batch", "aug", "plateau", "min_lr", "max_lr", "step_epochs")
+_PHASE_KEYS = ("epochs", "size", "batch", "aug", "plateau", "min_lr", "max_lr", "step_epochs",
+               "init")
+# Where a phase starts from: the previous phase's last weights or its best (val top-1) ones.
+PHASE_INITS = ("last", "best")
 
 
 def parse_phase(spec: str, *, image_size: int, batch_size: int, augment: str,
@@ -174,7 +184,8 @@ def parse_phase(spec: str, *, image_size: int, batch_size: int, augment: str,
             plateau=plateau_v,
             min_lr=float(fields["min_lr"]) if "min_lr" in fields else None,
             max_lr=float(fields["max_lr"]) if "max_lr" in fields else None,
-            step_epochs=float(fields["step_epochs"]) if "step_epochs" in fields else None)
+            step_epochs=float(fields["step_epochs"]) if "step_epochs" in fields else None,
+            init=fields.get("init", "last"))
     except (ValueError, KeyError) as e:
         raise ConfigError(f"--phase={spec}: {e}") from None
     return phase
@@ -213,8 +224,12 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(cfg.keep_checkpoints >= 1, f"--keep_checkpoints={cfg.keep_checkpoints}: >= 1")
     need(0 <= cfg.seed < 2 ** 31, f"--seed={cfg.seed}: 0..2**31-1")
     need(cfg.misclassified >= 0, f"--misclassified={cfg.misclassified}: >= 0")
+    need(not cfg.rmsprop_epsilon_outside_root or cfg.optimizer == "rmsprop",
+         "--rmsprop_epsilon_outside_root needs --optimizer=rmsprop")
     for i, p in enumerate(cfg.phases, 1):
         where = f"phase {i}"
+        need(p.init in PHASE_INITS, f"{where}: init={p.init} not one of {PHASE_INITS}")
+        need(i > 1 or p.init == "last", f"{where}: init=best needs a previous phase")
         need(p.epochs >= 1, f"{where}: epochs={p.epochs} must be >= 1")
         need(8 <= p.image_size <= 512, f"{where}: image size {p.image_size} not in 8..512")
         need(p.image_size % multiple == 0,

@@ -1,12 +1,14 @@
 """The fit loop: curriculum phases, checkpoints and exact resume, per-epoch outputs.
 
 Resume is exact because everything random is a function of the position in training:
-the training data of epoch ``e`` come from a fresh pipeline seeded with ``(seed, e)``,
-augmentation seeds from ``(seed, global step, replica id)``, and the learning rate from the
-optimizer's step (Triangular2) or from the checkpointed plateau state. A checkpoint holds the
-model, the optimizer (step, slots, learning rate), the epoch counter, the plateau state and the
-metrics history; re-running the same command continues after the last checkpointed epoch,
-neither repeating nor skipping one.
+the training data are one stream of seeded data passes (``pipeline.training_records``) read
+from the example the checkpoint recorded, augmentation seeds come from ``(seed, global step,
+replica id)``, and the learning rate from the optimizer's step (Triangular2) or from the
+checkpointed plateau state. A checkpoint holds the model, the optimizer (step, slots, learning
+rate), the epoch counter, the stream position, the plateau state, the metrics history and the
+best weights (of the run, and of the phase for ``init=best``); re-running the same command
+continues after the last checkpointed epoch, neither repeating nor skipping one. ``best.keras``
+is exported only after the checkpoint that records its weights.
 
 Output folder (``cfg.out``)::
 
@@ -15,7 +17,7 @@ Output folder (``cfg.out``)::
     checkpoints/         tf.train.CheckpointManager files
     history.csv          one row per epoch (reports.CSV_FIELDS); history.json the same
     loss.png accuracy.png
-    best.keras           the model with the best val top-1 so far
+    best.keras           the model with the best val top-1 so far (as of the last checkpoint)
     tensorboard/         tf.summary scalars
     eval/                the final evaluation report of best.keras (training.evaluate)
 """
@@ -38,21 +40,17 @@ from tinyimagenet_tfrecords import pipeline
 from training import config as config_lib
 from training import console
 from training import evaluate as evaluate_lib
+from training import optimizers as optimizers_lib
 from training import reports
 from training import schedules
 from training import steps as steps_lib
 from training import strategy as strategy_lib
-from training.errors import RunError
+from training.errors import Diverged, RunError
 from training.run_folder import check_output_folder  # noqa: F401  (also used by tests)
 
 CONFIG_NAME = "config.json"
 
 
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The data-pipeline seed of ``epoch``: distinct per epoch, a pure function of both."""
-    return int((seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 31 - 1))
 
 
 def steps_per_epoch(cfg: config_lib.RunConfig, phase: config_lib.Phase,
@@ -72,19 +70,6 @@ def make_schedule(cfg: config_lib.RunConfig, num_train: int):
     return cfg.learning_rate
 
 
-def make_optimizer(cfg: config_lib.RunConfig, learning_rate) -> keras.optimizers.Optimizer:
-    """Adam / RMSprop / SGD (+ loss scaling for mixed float16)."""
-    if cfg.optimizer == "adam":
-        opt = keras.optimizers.Adam(learning_rate, epsilon=cfg.epsilon)
-    elif cfg.optimizer == "rmsprop":
-        opt = keras.optimizers.RMSprop(learning_rate, epsilon=cfg.epsilon)
-    else:
-        opt = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    if cfg.precision == "mixed_float16":
-        opt = keras.optimizers.LossScaleOptimizer(opt)
-    return opt
-
-
 class TrainState(tf.Module):
     """Loop state saved in every checkpoint next to the model and optimizer."""
 
@@ -94,9 +79,41 @@ class TrainState(tf.Module):
         self.phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase")
         self.best_val_acc = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
         self.history = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
+        # Training examples consumed so far (over all replicas): the data stream's position.
+        self.examples = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
 
     def get_history(self) -> list[dict]:
         return json.loads(self.history.numpy().decode("utf-8"))
+
+
+class WeightCopy(tf.Module):
+    """A copy of a model's weights (BatchNorm statistics included) kept in the checkpoint.
+
+    Holds the best weights of the run (exported as ``best.keras`` only after the checkpoint
+    that records them) and, for phases with ``init=best``, the best weights of the current
+    phase. ``val_acc`` is -1 until a first copy is taken.
+    """
+
+    def __init__(self, model: keras.Model, name: str):
+        super().__init__(name=name)
+        self.values = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False)
+                       for w in model.weights]
+        self.val_acc = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="val_acc")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+    def take(self, model: keras.Model, val_acc: float, epoch: int) -> None:
+        for v, w in zip(self.values, model.weights, strict=True):
+            v.assign(w.value)
+        self.val_acc.assign(val_acc)
+        self.epoch.assign(epoch)
+
+    def put(self, model: keras.Model) -> None:
+        for v, w in zip(self.values, model.weights, strict=True):
+            w.assign(v)
+
+    def forget(self) -> None:
+        self.val_acc.assign(-1.0)
+        self.epoch.assign(0)
 
 
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:
@@ -117,6 +134,8 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
 
 def xla_compiled(step: steps_lib.TrainStep) -> bool:
     """True when every traced variant of the step's inner function is marked for XLA."""
+    if step.compute is None:  # traced inline (synchronised BatchNorm on several replicas)
+        return False
     concretes = step.compute._list_all_concrete_functions()  # noqa: SLF001 - tracing record
     return bool(concretes) and all(
         c.function_def.attr["_XlaMustCompile"].b if "_XlaMustCompile" in c.function_def.attr
@@ -178,37 +197,67 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                              image_size=_model_image_size(cfg), width=cfg.width)
         if cfg.bn_momentum:
             set_bn_momentum(model, cfg.bn_momentum)
-        optimizer = make_optimizer(cfg, make_schedule(cfg, num_train))
+        if cfg.sync_bn:
+            set_bn_synchronized(model)
+        optimizer = optimizers_lib.make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
         state = TrainState()
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state, plateau=plateau)
+    _warn_small_replica_batches(cfg, strategy.num_replicas_in_sync)
+    if cfg.sync_bn and cfg.xla and strategy.num_replicas_in_sync > 1:
+        _log("warning: --sync_bn with several replicas: the per-replica step runs without XLA "
+             "(MirroredStrategy's all-reduce cannot sit inside the compiled function)")
+    best = WeightCopy(model, "best")
+    parts = dict(model=model, optimizer=optimizer, state=state, plateau=plateau, best=best)
+    phase_best = None
+    if any(p.init == "best" for p in cfg.phases):
+        phase_best = parts["phase_best"] = WeightCopy(model, "phase_best")
+    ckpt = tf.train.Checkpoint(**parts)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
                                          max_to_keep=cfg.keep_checkpoints)
+    best_path = os.path.join(cfg.out, "best.keras")
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         _log(f"resumed from {manager.latest_checkpoint} after epoch {int(state.epoch.numpy())}")
+    exported = 0  # the epoch whose best weights best.keras holds (0: none written by us)
+    if manager.latest_checkpoint and int(best.epoch.numpy()):
+        # The checkpoint is the record: best.keras may lag it (killed before the export).
+        _export_best(model, best, best_path)
+        exported = int(best.epoch.numpy())
     history = state.get_history()
     _write_history(cfg.out, history)
 
     eval_step = steps_lib.make_eval_step(model, xla=cfg.xla)
     train_steps: dict[tuple, steps_lib.TrainStep] = {}
     writer = tf.summary.create_file_writer(os.path.join(cfg.out, "tensorboard"))
-    best_path = os.path.join(cfg.out, "best.keras")
+    stream = None  # (phase index, iterator over the training stream)
 
     for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
         phase_idx, phase = cfg.phase_at(epoch)
+        if epoch == cfg.phase_start(phase_idx) and phase_best is not None:
+            if phase.init == "best" and int(phase_best.epoch.numpy()):
+                phase_best.put(model)
+                _log(f"phase {phase_idx + 1}: starting from the best weights of phase "
+                     f"{phase_idx} (epoch {int(phase_best.epoch.numpy())}, val top-1 "
+                     f"{float(phase_best.val_acc.numpy()):.4f})")
+            phase_best.forget()
         step = train_steps.get(phase.signature)
         compiling = step is None
         if step is None:
             recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
             step = train_steps[phase.signature] = steps_lib.make_train_step(
                 model, optimizer, strategy, recipe=recipe, global_batch_size=phase.batch_size,
-                base_seed=cfg.seed, xla=cfg.xla)
+                base_seed=cfg.seed, xla=cfg.xla, cross_replica_layers=cfg.sync_bn)
+        if stream is None or stream[0] != phase_idx:
+            # One stream per phase, continued across its epochs; a new phase (other batch or
+            # image size) picks the stream up at the same example.
+            stream = (phase_idx, _training_stream(cfg, strategy, phase,
+                                                  int(state.examples.numpy())))
         n_steps = steps_per_epoch(cfg, phase, num_train)
-        row = _train_epoch(cfg, strategy, step, optimizer, epoch=epoch, phase_idx=phase_idx,
+        row = _train_epoch(cfg, step, optimizer, stream[1], epoch=epoch, phase_idx=phase_idx,
                            phase=phase, n_steps=n_steps, compiling=compiling)
+        state.examples.assign_add(n_steps * phase.batch_size)
         val = evaluate_lib.evaluate_split(model, cfg.data, image_size=cfg.val_image_size,
                                           batch_size=cfg.eval_batch_size, eval_step=eval_step)
         row.update(val_loss=val["loss"] + steps_lib.regularization_loss(model),
@@ -225,19 +274,29 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                 _log(f"ReduceLROnPlateau: learning rate {lr:.3g} -> {new_lr:.3g}")
         history.append(row)
         _log(_epoch_line(row, cfg.total_epochs))
-        if row["val_acc"] > float(state.best_val_acc.numpy()):
+        usable = math.isfinite(row["val_loss"])
+        new_best = usable and row["val_acc"] > float(best.val_acc.numpy())
+        if new_best:
+            best.take(model, row["val_acc"], epoch + 1)
             state.best_val_acc.assign(row["val_acc"])
-            _save_model_atomic(model, best_path)
+        if phase_best is not None and usable and \
+                row["val_acc"] > float(phase_best.val_acc.numpy()):
+            phase_best.take(model, row["val_acc"], epoch + 1)
         state.epoch.assign(epoch + 1)
         state.phase.assign(phase_idx)
         state.history.assign(json.dumps(history))
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.total_epochs:
             manager.save(checkpoint_number=epoch + 1)
+            # best.keras follows the checkpoint that records it, never precedes it.
+            if int(best.epoch.numpy()) != exported:
+                _export_best(model, best, best_path)
+                exported = int(best.epoch.numpy())
         _write_history(cfg.out, history)
         _summaries(writer, row)
 
     writer.flush()
     summary = {"epochs": len(history), "best_val_acc": float(state.best_val_acc.numpy()),
+               "best_epoch": int(best.epoch.numpy()),
                "last": history[-1] if history else None,
                "replicas": strategy.num_replicas_in_sync,
                "xla_compiled": {"/".join(map(str, sig)): xla_compiled(s)
@@ -255,15 +314,24 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     return summary
 
 
-def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_steps,
-                 compiling=False) -> dict:
-    """Runs one epoch of ``n_steps`` on a pipeline seeded for this epoch; returns its row."""
-    t0 = time.perf_counter()
+def _training_stream(cfg, strategy, phase, start_example: int):
+    """An iterator over the run's training stream from example ``start_example`` on, batched
+    and sized for ``phase`` (``pipeline.training_records``: seeded passes, each covering every
+    training example once, whatever the epoch length)."""
     input_fn = pipeline.make_input_fn(
         cfg.data, "train", global_batch_size=phase.batch_size, image_size=phase.image_size,
-        training=True, seed=epoch_seed(cfg.seed, epoch), deterministic=True)
-    dataset = strategy.distribute_datasets_from_function(input_fn)
-    iterator = iter(dataset)
+        training=True, seed=cfg.seed, deterministic=True, start_example=start_example)
+    return iter(strategy.distribute_datasets_from_function(input_fn))
+
+
+def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_steps,
+                 compiling=False) -> dict:
+    """Runs one epoch of ``n_steps`` from the stream ``iterator``; returns its row.
+
+    Raises:
+      Diverged: a step's training loss was not finite (the epoch's weights are not saved).
+    """
+    t0 = time.perf_counter()
     lr_now = _current_lr(optimizer)
     bar = console.Progress(n_steps, batch_size=phase.batch_size, compiling=compiling,
                            enabled=cfg.progress, prefix=f"epoch {epoch + 1}: ")
@@ -272,7 +340,13 @@ def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_s
     done, t_start = 0, None
     while done < n_steps:
         k = min(chunk, n_steps - done)
-        totals += step.run(iterator, tf.constant(k, tf.int32)).numpy()
+        got = step.run(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64)
+        totals += got
+        if not np.all(np.isfinite(got)):
+            at = done + int(got[-1])
+            raise Diverged(f"epoch {epoch + 1} (phase {phase_idx + 1}), step {at} of "
+                           f"{n_steps}: the training loss is not finite; stopped, the last "
+                           "checkpoint (if any) is kept")
         if t_start is None:  # the first call includes tracing/compiling: time from after it
             t_start, images_timed = time.perf_counter(), 0
         else:
@@ -334,3 +408,42 @@ def _save_model_atomic(model: keras.Model, path: str) -> None:
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def _export_best(model: keras.Model, best: WeightCopy, path: str) -> None:
+    """Writes ``best``'s weights as ``path`` (atomically); the model's own weights are put
+    back afterwards."""
+    current = [w.numpy() for w in model.weights]
+    best.put(model)
+    try:
+        _save_model_atomic(model, path)
+    finally:
+        for w, v in zip(model.weights, current, strict=True):
+            w.assign(v)
+
+
+def set_bn_synchronized(model: keras.Model) -> int:
+    """Makes every BatchNormalization layer compute batch statistics over all replicas
+    (Keras' ``synchronized=True``: an all-reduce of the moments); returns how many."""
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            n += 1
+    return n
+
+
+# BatchNorm over fewer examples than this per replica gives noisy statistics.
+MIN_BN_BATCH = 16
+
+
+def _warn_small_replica_batches(cfg, replicas: int) -> None:
+    """One warning line per phase whose BatchNorm statistics come from < 16 examples."""
+    for i, p in enumerate(cfg.phases, 1):
+        per_replica = p.batch_size // replicas
+        normalised = p.batch_size if cfg.sync_bn else per_replica
+        if normalised < MIN_BN_BATCH:
+            hint = (" (add --sync_bn to normalise over all replicas' examples)"
+                    if replicas > 1 and not cfg.sync_bn else "")
+            _log(f"warning: phase {i}: BatchNorm statistics from {normalised} examples "
+                 f"per step ({p.batch_size} over {replicas} replica(s)){hint}")

@@ -11,7 +11,10 @@ What works on CPUs and GPUs alike is an explicit split:
 * an outer ``tf.function`` that runs ``strategy.run`` for ``num_steps`` steps per call.
 
 Augmentation seeds are ``augment.step_seed(base_seed, global_step, replica_id)``: a pure
-function of the position in training, so a resumed run draws the same augmentations.
+function of the position in training, so a resumed run draws the same augmentations. The
+global step is ``optimizer.iterations``, which counts every step taken, including steps the
+loss-scale optimizer skipped on an overflow (``training.optimizers``), so it also equals the
+batches consumed and drives the learning-rate schedule in step with the data.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import tensorflow as tf
 
 import augment
 
-# Totals returned by a train call: CE summed over examples, correct top-1, examples, reg loss.
-TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum")
+# Totals returned by a train call: CE summed over examples, correct top-1, examples, reg loss,
+# and the steps run (fewer than asked when a step's loss was not finite: the call stops there).
+TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum", "steps")
 EVAL_TOTALS = ("ce_sum", "top1", "top5", "count")
 
 
@@ -33,10 +37,14 @@ def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     """How many classes score strictly higher than the true one (0 = top-1 hit).
 
     Pure arithmetic, so it compiles under XLA (unlike some top-k kernels) and top-k accuracy is
-    ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does.
+    ``rank < k``. Ties count in the true class's favour, as ``tf.math.in_top_k`` does. A row
+    with any non-finite score gets the largest int32 rank, a miss for every k: a NaN model is
+    never right (``NaN > x`` is false, so a plain count would call every NaN row a top-1 hit).
     """
     true_p = tf.gather(probs, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
-    return tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
+    rank = tf.reduce_sum(tf.cast(probs > true_p[:, None], tf.int32), axis=1)
+    finite = tf.reduce_all(tf.math.is_finite(probs), axis=1)
+    return tf.where(finite, rank, tf.int32.max)
 
 
 @dataclasses.dataclass
@@ -44,19 +52,22 @@ class TrainStep:
     """A compiled train step for one (image size, batch, augmentation) signature.
 
     Attributes:
-      run: ``run(iterator, num_steps) -> float32 [4]`` totals (see ``TRAIN_TOTALS``), reduced
-        over replicas and summed over the steps.
+      run: ``run(iterator, num_steps) -> float32 [5]`` totals (see ``TRAIN_TOTALS``), reduced
+        over replicas and summed over the steps; stops after the first step whose totals
+        (loss included) are not finite, so the caller can name that step.
       compute: the inner per-replica ``tf.function`` (``jit_compile=xla``), exposed so tests
-        and benchmarks can prove XLA compiled it.
+        and benchmarks can prove XLA compiled it; None when traced inline (see
+        ``cross_replica_layers``).
     """
 
     run: Callable
-    compute: tf.types.experimental.GenericFunction
+    compute: tf.types.experimental.GenericFunction | None
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                     strategy: tf.distribute.Strategy, *, recipe: Callable | None,
-                    global_batch_size: int, base_seed: int, xla: bool = True) -> TrainStep:
+                    global_batch_size: int, base_seed: int, xla: bool = True,
+                    cross_replica_layers: bool = False) -> TrainStep:
     """Builds the distributed train step (see the module docstring for the design).
 
     Args:
@@ -68,12 +79,17 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         since the optimizer sums gradients across replicas).
       base_seed: the run's seed, folded with the step and replica id for augmentation.
       xla: compile ``compute`` with XLA.
+      cross_replica_layers: the model all-reduces inside its forward pass (synchronised
+        BatchNorm). Under ``MirroredStrategy`` that all-reduce is a ``merge_call``, which TF
+        refuses inside a nested ``tf.function`` (measured: "merge_call called while defining a
+        new graph"), so with several replicas ``compute`` is traced inline into the outer
+        function, without XLA, and ``TrainStep.compute`` is None.
     """
     replicas = strategy.num_replicas_in_sync
     variables = model.trainable_variables
+    inline = cross_replica_layers and replicas > 1
 
-    @tf.function(jit_compile=xla, reduce_retracing=True)
-    def compute(images, labels, seed):
+    def compute_fn(images, labels, seed):
         x = recipe(images, seed) if recipe is not None else images
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
@@ -90,6 +106,9 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return grads, tf.stack([tf.reduce_sum(ce), correct, count, reg / replicas])
 
+    compute = compute_fn if inline else tf.function(compute_fn, jit_compile=xla,
+                                                     reduce_retracing=True)
+
     def replica_step(images, labels):
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = augment.step_seed(base_seed, optimizer.iterations, replica_id)
@@ -99,14 +118,19 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     @tf.function
     def run(iterator, num_steps):
-        totals = tf.zeros([len(TRAIN_TOTALS)], tf.float32)
+        totals = tf.zeros([len(TRAIN_TOTALS) - 1], tf.float32)
+        done = tf.constant(0.0)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
             per_replica = strategy.run(replica_step, args=(images, labels))
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return totals
+            step_totals = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            totals += step_totals
+            done += 1.0
+            if not tf.reduce_all(tf.math.is_finite(step_totals)):
+                break
+        return tf.concat([totals, [done]], axis=0)
 
-    return TrainStep(run=run, compute=compute)
+    return TrainStep(run=run, compute=None if inline else compute)
 
 
 def make_eval_step(model: keras.Model, *, xla: bool = True) -> Callable:

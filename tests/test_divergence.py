@@ -1,0 +1,57 @@
+"""A diverging run stops and can never look good (issue 9, item 7): non-finite scores are
+misses, a non-finite training loss raises Diverged naming the epoch and step, the last good
+checkpoint and best.keras stay as they were."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from training import steps as steps_lib  # noqa: E402
+
+
+def test_rows_with_non_finite_scores_are_never_hits():
+    probs = tf.constant([[0.1, 0.7, 0.2],
+                         [np.nan, np.nan, np.nan],
+                         [0.2, np.nan, 0.8],
+                         [np.inf, 0.0, 0.0]], tf.float32)
+    labels = tf.constant([1, 0, 2, 0], tf.int32)
+    rank = steps_lib.ranks_of_true_class(labels, probs).numpy()
+    assert rank[0] == 0 and np.all(rank[1:] >= 2 ** 31 - 1)  # a miss for every k
+    import keras
+    step = steps_lib.make_eval_step(keras.Sequential([keras.layers.Lambda(lambda x: x)]),
+                                    xla=False)
+    totals, _ = step(probs, labels)
+    assert totals.numpy()[1] == 1.0 and totals.numpy()[2] == 1.0  # only row 0, top-1 and top-5
+
+
+@pytest.mark.slow
+def test_non_finite_loss_raises_diverged_and_keeps_the_last_good_state(synthetic_build,
+                                                                       tmp_path):
+    import keras
+
+    import training
+    from training import config as config_lib
+    out = tmp_path / "run"
+    # Phase 2's Adam steps of 1e30 blow the weights up: the loss is NaN within two steps.
+    phases = (config_lib.Phase(epochs=1, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1),
+              config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
+    cfg = config_lib.RunConfig(
+        data=synthetic_build, out=str(out), model="net2", width=0.0625, phases=phases,
+        steps_per_epoch=4, val_image_size=16, eval_batch_size=100, xla=False,
+        lr_schedule="triangular2", progress=False, misclassified=0)
+    with pytest.raises(training.Diverged) as info:
+        training.run(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg and "epoch 2" in msg and "step " in msg and "not finite" in msg
+    assert sorted(os.listdir(out / "checkpoints")) and \
+        tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-1")
+    assert not (out / "summary.json").exists()
+    best = keras.models.load_model(str(out / "best.keras"))
+    probs = best(np.zeros([2, 16, 16, 3], np.uint8), training=False)
+    assert np.all(np.isfinite(probs))
