@@ -76,10 +76,7 @@ def product_optimizer(name: str, precision: str, learning_rate: float):
     """The optimizer ``training`` builds for a run with ``--optimizer=name`` (loss-scaled for
     mixed float16), so the benchmark times the real update, not a stand-in."""
     from training import config as config_lib
-    try:  # the optimizers' own module, where the branch that adds it has landed
-        from training.optimizers import make_optimizer
-    except ImportError:
-        from training.loop import make_optimizer
+    from training.optimizers import make_optimizer
     cfg = config_lib.RunConfig(data="", out="", optimizer=name, precision=precision,
                                learning_rate=learning_rate)
     return make_optimizer(cfg, learning_rate)
@@ -138,7 +135,8 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
         seconds = time.perf_counter() - t0
     finally:
         keras.config.set_dtype_policy(previous)
-    ce_sum, _, count, reg_sum = (float(t) for t in totals)  # steps_lib.TRAIN_TOTALS
+    named = dict(zip(steps_lib.TRAIN_TOTALS, (float(t) for t in totals), strict=True))
+    ce_sum, count, reg_sum = named["ce_sum"], named["count"], named["reg_sum"]
     return {"model": model.name, "image_size": image_size, "batch_size": batch_size,
             "width": width, "augment": recipe, "xla": xla, "precision": precision,
             "optimizer": optimizer, "replicas": replicas, "steps": steps,
