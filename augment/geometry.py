@@ -46,7 +46,7 @@ from augment import core, params
 from augment.core import uniform, uniform_int, xla_safe_seed
 from augment.params import ALL
 from augment.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, materialize,
-                          mode_index, remap_index, resize_taps, warp_affine)
+                          remap_index, resize_taps, warp_affine)
 
 __all__ = [
     "PAD_MODES", "fliplr", "flipud", "crop_and_pad", "affine", "affine_matrix", "flip_matrix",

@@ -64,7 +64,7 @@ def check(spec, name: str, low=None, high=None, dict_ok: bool = False):
     """
     if dict_ok and isinstance(spec, dict):
         if not spec or not set(spec) <= {"x", "y"}:
-            raise ValueError(f"{name}: dict keys must be 'x' and/or 'y', got {sorted(spec)}")
+            raise ValueError(f"{name}: dict keys must be 'x' and/or 'y', got {list(spec)}")
         for key, sub in spec.items():
             check(sub, f"{name}['{key}']", low, high)
         return spec
@@ -75,7 +75,9 @@ def check(spec, name: str, low=None, high=None, dict_ok: bool = False):
         raise ValueError(f"{name}: range {spec} has low > high")
     for v in values(spec):
         if (low is not None and v < low) or (high is not None and v > high):
-            raise ValueError(f"{name}: {v!r} is outside [{low}, {high}]")
+            bounds = (f"in [{low}, {high}]" if low is not None and high is not None
+                      else f">= {low}" if low is not None else f"<= {high}")
+            raise ValueError(f"{name}: values must be {bounds}, got {spec!r}")
     return spec
 
 

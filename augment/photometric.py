@@ -16,7 +16,7 @@ rounded. The class attribute ``ROUNDING`` says which, so combinators can quantis
 op of a chain exactly as an all-uint8 imgaug pipeline does.
 
 The two value maps (``Multiply``, ``LinearContrast``) are bit-identical to imgaug's float32
-lookup tables eagerly and under XLA: see :func:`contrast_values` for why that takes care.
+lookup tables eagerly and under XLA (:func:`contrast_values` says what XLA would change).
 
 Parameters follow imgaug's grammar (:mod:`augment.params`): a number, ``(a, b)``, or a list.
 

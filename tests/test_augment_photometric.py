@@ -70,7 +70,7 @@ _FACTORS = np.concatenate([np.float32([1.6, 0.8, 0.75, 1.5, 0.9, 1.1, 1.2, 0.0, 
 
 
 def _all_values(batch):
-    """``[batch, 16, 16, 3]`` uint8: every image holds all 256 values (a shifted copy per channel)."""
+    """``[batch, 16, 16, 3]`` uint8: each image holds all 256 values, shifted per channel."""
     v = np.arange(256, dtype=np.uint8).reshape(16, 16)
     planes = np.stack([v, np.roll(v, 85), np.roll(v, 170)], axis=-1)
     return np.broadcast_to(planes, (batch, 16, 16, 3)).copy()
