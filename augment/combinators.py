@@ -7,15 +7,15 @@ argsort of stateless uniforms) and runs position ``i`` through ``tf.switch_case(
 so only one op per position executes.
 
 Integer inputs are quantised after every child with that child's own rounding (see
-``photometric.quantize``), which is what an all-uint8 imgaug pipeline does between ops.
+``core.quantize``), which is what an all-uint8 imgaug pipeline does between ops.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from augment.core import Augmenter, as_seed, from_float, split_seed, to_float, uniform
-from augment.photometric import quantize, sample_bernoulli
+from augment.core import (Augmenter, as_seed, bernoulli, check_probability, from_float,
+                          quantize, split_seed, to_float, uniform)
 
 
 def run_child(child: Augmenter, images: tf.Tensor, seed: tf.Tensor, dtype: tf.DType):
@@ -58,13 +58,13 @@ class Sometimes(Combinator):
     """imgaug ``Sometimes(p, then_list, else_list)``: one Bernoulli(p) per image."""
 
     def __init__(self, p, then_list, else_list=None):
-        self.p = p
+        self.p = check_probability(p, "Sometimes p")
         self.then_list = _as_augmenter(then_list)
         self.else_list = None if else_list is None else _as_augmenter(else_list)
 
     def apply_as(self, images, seed, dtype):
         s_coin, s_then, s_else = tf.unstack(split_seed(seed, 3))
-        chosen = sample_bernoulli(s_coin, [tf.shape(images)[0]], self.p)
+        chosen = bernoulli(s_coin, [tf.shape(images)[0]], self.p)
         then = run_child(self.then_list, images, s_then, dtype)
         other = images if self.else_list is None else run_child(self.else_list, images,
                                                                 s_else, dtype)
@@ -105,7 +105,7 @@ def chain(steps, order, images):
     A ``tf.while_loop`` over positions with a ``tf.switch_case`` on ``order[i]``: each step
     is compiled once whatever the order, and every step's output is materialised. Chaining
     the steps as plain ops lets XLA fuse a warp's gathers into the next warp's, recomputing
-    the whole upstream chain per tap (measured: SomeOf of five ops ran 10x slower).
+    the whole upstream chain per tap (README, "Augmentation": an order of magnitude slower).
     """
     n = len(steps)
     if n == 1:
@@ -128,29 +128,33 @@ def _bind(step, x):
 class SomeOf(Combinator):
     """imgaug ``SomeOf(n, children, random_order=False)``.
 
-    Per image ``n ~ U{lo..hi}`` (``hi=None``: all children) of the children, a random subset
-    (the ranks of stateless uniforms below ``n``), applied in list order. ``n`` may also be an
-    int (exactly that many).
+    Per image a count of children, then a random subset of that size (the ranks of
+    stateless uniforms below the count), applied in list order. ``n`` follows imgaug: an int
+    (exactly that many), ``(lo, hi)`` (uniform on ``lo..hi``; ``hi=None``: all children) or
+    a list of ints (one of them per image).
     """
 
     def __init__(self, n, children, random_order=False):
         self.children = [_as_augmenter(c) for c in children]
-        if isinstance(n, int):
-            n = (n, n)
-        lo, hi = n
-        self.n = (int(lo), len(self.children) if hi is None else min(int(hi),
-                                                                      len(self.children)))
+        self.n = n
+        self._counts = _counts(n, len(self.children))
         if random_order:
             raise NotImplementedError("SomeOf(random_order=True) is not implemented; wrap the "
                                       "children in Sequential(random_order=True) instead")
         self.random_order = False
 
     def active_mask(self, seed, batch) -> tf.Tensor:
-        """``[B, K]`` bool: which children each image gets (``n`` per image, uniform subset)."""
+        """``[B, K]`` bool: which children each image gets (a count per image, uniform subset)."""
         s_n, s_subset = tf.unstack(split_seed(seed, 2))
         k = len(self.children)
-        lo, hi = self.n
-        count = lo + tf.cast(uniform([batch, 1], s_n) * (hi - lo + 1), tf.int32)
+        unit = uniform([batch, 1], s_n)
+        if isinstance(self._counts, tuple):  # a range: lo + floor(u * (hi - lo + 1))
+            lo, hi = self._counts
+            count = lo + tf.cast(unit * (hi - lo + 1), tf.int32)
+        else:  # a list: one of its counts
+            choice = tf.minimum(tf.cast(unit * len(self._counts), tf.int32),
+                                len(self._counts) - 1)
+            count = tf.gather(tf.constant(self._counts, tf.int32), choice)
         order = uniform([batch, k], s_subset)
         ranks = tf.argsort(tf.argsort(order, axis=1), axis=1)
         return ranks < count
@@ -168,6 +172,23 @@ class SomeOf(Combinator):
 
 def _masked(child, seed, dtype, chosen):
     return lambda x: _select(chosen, run_child(child, x, seed, dtype), x)
+
+
+def _counts(n, children: int):
+    """``SomeOf``'s ``n`` as ``(lo, hi)`` (a range) or a list of counts, clipped to ``children``."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(n):
+        n = (n, n)
+    if isinstance(n, tuple) and len(n) == 2 and is_int(n[0]) and (n[1] is None or is_int(n[1])):
+        lo, hi = n[0], children if n[1] is None else n[1]
+        if 0 <= lo <= hi:
+            return (min(lo, children), min(hi, children))
+    elif isinstance(n, list) and n and all(is_int(v) and v >= 0 for v in n):
+        return [min(v, children) for v in n]
+    raise ValueError(f"SomeOf n: expected an int >= 0, a (low, high) tuple (high may be None) "
+                     f"or a list of ints, got {n!r}")
 
 
 def _as_augmenter(child):

@@ -1,4 +1,4 @@
-"""The base every augmentation op and combinator shares: dtype handling and seed splitting.
+"""The base every augmentation op and combinator shares: dtype handling and the seed helpers.
 
 An op's ``apply`` sees float32 pixels in 0..255, whatever the caller passed, so each op is
 written once; ``__call__`` converts in and out, which keeps the caller's dtype and value range.
@@ -10,6 +10,8 @@ step, per replica) give independent draws.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import tensorflow as tf
 
@@ -45,6 +47,15 @@ def fold_seed(seed, data) -> tf.Tensor:
         xla_safe_seed(seed), tf.cast(data, tf.int32)))
 
 
+def step_seed(base_seed, step, replica_id) -> tf.Tensor:
+    """The int32 ``[2]`` seed of one step on one replica: ``base_seed`` folded with both.
+
+    Distinct per step and per replica, and the same for the same triple wherever it runs
+    (:func:`fold_seed` clears sign bits: XLA and the CPU kernels disagree on negative seeds).
+    """
+    return fold_seed(fold_seed(base_seed, step), replica_id)
+
+
 def uniform_int(shape, seed, low: int, high: int) -> tf.Tensor:
     """Stateless int32 uniform on ``[low, high)``, identical eagerly and under XLA."""
     return tf.random.stateless_uniform(shape, xla_safe_seed(seed), low, high, dtype=tf.int32)
@@ -64,6 +75,29 @@ def uniform(shape, seed, low=0.0, high=1.0) -> tf.Tensor:
     return low + (high - low) * unit
 
 
+def check_probability(p, name: str) -> float:
+    """A probability (``p``, ``per_channel``): a bool or a number in ``[0, 1]``, as a float.
+
+    Raises a one-line ``ValueError`` naming ``name`` (e.g. ``"Sometimes p"``) otherwise.
+    """
+    if not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name}: expected a bool or a probability in [0, 1], got {p!r}")
+    return float(p)
+
+
+def bernoulli(seed, shape, p) -> tf.Tensor:
+    """bool samples that are True with probability ``p`` (a bool or a number in 0..1).
+
+    A uniform compared with ``p``: ``StatelessRandomBinomial`` has no XLA kernel.
+    """
+    p = float(p)
+    if p <= 0.0:
+        return tf.zeros(shape, tf.bool)
+    if p >= 1.0:
+        return tf.ones(shape, tf.bool)
+    return uniform(shape, seed) < p
+
+
 def to_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32)
 
@@ -77,6 +111,21 @@ def from_float(images: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     if dtype.is_integer:
         return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), dtype)
     return tf.cast(images, dtype)
+
+
+def quantize(images: tf.Tensor, dtype: tf.DType, rounding: str = "round") -> tf.Tensor:
+    """Float pixels as an integer ``dtype`` would hold them (still float32).
+
+    Args:
+      images: float32 pixels.
+      dtype: the caller's dtype; float dtypes leave ``images`` unchanged.
+      rounding: ``"floor"`` (imgaug's lookup-table ops: Multiply, LinearContrast) or
+        ``"round"``.
+    """
+    if not tf.as_dtype(dtype).is_integer:
+        return images
+    images = tf.clip_by_value(images, 0.0, 255.0)
+    return tf.floor(images) if rounding == "floor" else tf.round(images)
 
 
 class Augmenter:

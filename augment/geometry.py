@@ -42,10 +42,11 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from augment import core
+from augment import core, params
 from augment.core import uniform, uniform_int, xla_safe_seed
+from augment.params import ALL
 from augment.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, materialize,
-                          mode_index, remap_index, resize_taps, warp_affine)
+                          remap_index, resize_taps, warp_affine)
 
 __all__ = [
     "PAD_MODES", "fliplr", "flipud", "crop_and_pad", "affine", "affine_matrix", "flip_matrix",
@@ -263,119 +264,17 @@ def compose(*matrices):
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameter sampling (imgaug's StochasticParameter shorthands, stateless).
-
-ALL = "ALL"
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_spec(spec, name):
-    if _is_number(spec):
-        return
-    if isinstance(spec, tuple) and len(spec) == 2 and all(_is_number(v) for v in spec):
-        if spec[0] > spec[1]:
-            raise ValueError(f"{name}: range {spec} has low > high")
-        return
-    if isinstance(spec, list) and spec and all(_is_number(v) for v in spec):
-        return
-    raise ValueError(f"{name}: expected a number, a (low, high) tuple or a list, got {spec!r}")
-
-
-class _Draws:
-    """All of one op's random numbers from ONE generator call, handed out column by column.
-
-    One ``[B, columns]`` draw keeps a single Philox expansion in the XLA graph per op (each
-    extra generator call costs compile time), and pinning it with :func:`materialize` keeps
-    XLA from regenerating it per pixel.
-    """
-
-    def __init__(self, seed, batch, columns: int):
-        self._unit = materialize(uniform([batch, columns], seed))
-        self._columns = columns
-        self._next = 0
-
-    def unit(self, width=None):
-        """The next column (``[B]``) or ``width`` columns (``[B, width]``) of U[0, 1)."""
-        n = 1 if width is None else width
-        if self._next + n > self._columns:
-            raise AssertionError("_Draws: more columns requested than drawn")
-        cols = self._unit[:, self._next:self._next + n]
-        self._next += n
-        return cols[:, 0] if width is None else cols
-
-
-def _sample(spec, draws, width=None, discrete=False):
-    """Values from an imgaug shorthand, one column (or ``width`` columns) of ``draws``.
-
-    A number is constant; ``(a, b)`` is uniform on ``[a, b]`` (or the integers ``a..b`` when
-    ``discrete`` and both ends are ints, like imgaug's DiscreteUniform); a list is a uniform
-    choice among its values. Every spec consumes its columns, so the layout is fixed.
-    """
-    u = draws.unit(width)
-    if _is_number(spec):
-        return tf.fill(tf.shape(u), tf.constant(float(spec), tf.float32))
-    if isinstance(spec, tuple):
-        low, high = spec
-        if discrete and isinstance(low, int) and isinstance(high, int):
-            ints = tf.minimum(tf.floor(u * (high - low + 1)), float(high - low))
-            return low + ints
-        return float(low) + float(high - low) * u
-    values = tf.constant([float(v) for v in spec], tf.float32)
-    return tf.gather(values, _index(u, len(spec)))
-
-
-def _index(u, n: int):
-    return tf.minimum(tf.cast(u * n, tf.int32), n - 1)
-
-
-def _sample_choice(codes, draws):
-    u = draws.unit()
-    if len(codes) == 1:
-        return tf.fill(tf.shape(u), tf.constant(codes[0], tf.int32))
-    return tf.gather(tf.constant(codes, tf.int32), _index(u, len(codes)))
-
-
-def _mode_spec(mode, name):
-    """Border-mode argument -> tuple of allowed mode codes (one is drawn per image)."""
-    if mode == ALL:
-        return tuple(range(len(PAD_MODES)))
-    if isinstance(mode, str):
-        return (mode_index(mode),)
-    if isinstance(mode, (list, tuple)) and mode and all(isinstance(m, str) for m in mode):
-        return tuple(mode_index(m) for m in mode)
-    raise ValueError(f"{name}: expected a mode name, a list of names or 'ALL', got {mode!r}")
-
-
-def _xy(spec, name, default):
-    """imgaug's ``{"x": .., "y": ..}`` form -> (x_spec, y_spec, independent)."""
-    if isinstance(spec, dict):
-        if not set(spec) <= {"x", "y"} or not spec:
-            raise ValueError(f"{name}: dict keys must be 'x' and/or 'y', got {list(spec)}")
-        x, y = spec.get("x", default), spec.get("y", default)
-        _check_spec(x, name + "['x']")
-        _check_spec(y, name + "['y']")
-        return x, y, True
-    _check_spec(spec, name)
-    return spec, spec, False
-
-
-# ----------------------------------------------------------------------------------------------
 # Random augmenters.
 
 class _Flip(core.Augmenter):
     _axis = "x"
 
     def __init__(self, p: float = 0.5):
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = core.check_probability(p, f"{type(self).__name__} p")
 
     def sample_params(self, seed, batch):
         """``{"flip": bool [B]}``, one Bernoulli(p) per image."""
-        return {"flip": materialize(_Draws(seed, batch, 1).unit() < self.p)}
+        return {"flip": materialize(params.Draws(seed, batch, 1).unit() < self.p)}
 
     def sample_matrix(self, seed, batch, height, width):
         flip = self.sample_params(seed, batch)["flip"]
@@ -419,7 +318,7 @@ class CropAndPad(core.Augmenter):
     def __init__(self, px=None, percent=None, pad_mode="constant", pad_cval=0,
                  sample_independently: bool = True):
         if px is not None and percent is not None:
-            raise ValueError("give px or percent, not both")
+            raise ValueError("CropAndPad: give px or percent, not both")
         if px is None and percent is None:
             percent = (-0.1, 0.1)
         self.px, self.percent = px, percent
@@ -428,40 +327,42 @@ class CropAndPad(core.Augmenter):
             sides = list(spec)
         else:
             sides = [spec] * 4
+        shared = not (isinstance(spec, tuple) and len(spec) == 4)
+        kind = "px" if px is not None else "percent"
         for name, side in zip(("top", "right", "bottom", "left"), sides):
-            _check_spec(side, f"CropAndPad {name}")
-            if percent is not None and _to_list(side) and min(_to_list(side)) <= -1.0:
-                raise ValueError(f"CropAndPad percent must be > -1, got {side}")
+            where = f"CropAndPad {kind}" + ("" if shared else f" ({name})")
+            params.check(side, where)
+            if percent is not None and min(params.values(side)) <= -1.0:
+                raise ValueError(f"{where}: must be > -1 (a crop of 100% or more), got {side}")
         self._sides = sides
-        self._shared = not (isinstance(spec, tuple) and len(spec) == 4)
+        self._shared = shared
         self.pad_mode = pad_mode
-        self._modes = _mode_spec(pad_mode, "pad_mode")
-        _check_spec(pad_cval, "pad_cval")
-        self.pad_cval = pad_cval
+        self._modes = params.check_modes(pad_mode, "CropAndPad pad_mode")
+        self.pad_cval = params.check(pad_cval, "CropAndPad pad_cval")
         self.sample_independently = bool(sample_independently)
 
     def sample_params(self, seed, batch, height, width):
         """Per-image ``top/right/bottom/left`` (int32 signed pixels), ``pad_mode``, ``pad_cval``."""
-        draws = _Draws(seed, batch, 6)
+        draws = params.Draws(seed, batch, 6)
         discrete = self.px is not None
         if self._shared and not self.sample_independently:
-            v = _sample(self._sides[0], draws, discrete=discrete)
+            v = draws.sample(self._sides[0], discrete=discrete)
             sides = [v, v, v, v]
             draws.unit(3)  # keep the column layout of the independent case
         else:
-            sides = [_sample(side, draws, discrete=discrete) for side in self._sides]
+            sides = [draws.sample(side, discrete=discrete) for side in self._sides]
         if discrete:
             amounts = [tf.cast(tf.round(v), tf.int32) for v in sides]
         else:
             sizes = (height, width, height, width)
             amounts = [tf.cast(tf.round(v * size), tf.int32) for v, size in zip(sides, sizes)]
         top, right, bottom, left = amounts
-        params = {
+        drawn = {
             "top": top, "right": right, "bottom": bottom, "left": left,
-            "pad_mode": _sample_choice(self._modes, draws),
-            "pad_cval": _sample(self.pad_cval, draws, discrete=True),
+            "pad_mode": draws.choice(self._modes),
+            "pad_cval": draws.sample(self.pad_cval, discrete=True),
         }
-        return {k: materialize(v) for k, v in params.items()}
+        return {k: materialize(v) for k, v in drawn.items()}
 
     def apply(self, images, seed):
         height, width = _spatial(images)
@@ -474,12 +375,6 @@ class CropAndPad(core.Augmenter):
         """Approximate affine equivalent (see :func:`crop_and_pad_matrix`) for fused chains."""
         p = self.sample_params(seed, batch, height, width)
         return crop_and_pad_matrix(height, width, p["top"], p["right"], p["bottom"], p["left"])
-
-
-def _to_list(spec):
-    if _is_number(spec):
-        return [spec]
-    return list(spec)
 
 
 class Affine(core.Augmenter):
@@ -509,32 +404,31 @@ class Affine(core.Augmenter):
             rotate = (-15.0, 15.0)
             shear = {"x": (-10.0, 10.0), "y": (-10.0, 10.0)}
         if translate_percent is not None and translate_px is not None:
-            raise ValueError("give translate_percent or translate_px, not both")
+            raise ValueError("Affine: give translate_percent or translate_px, not both")
         self.scale = 1.0 if scale is None else scale
         self.translate_percent = translate_percent
         self.translate_px = translate_px
         self.rotate = 0.0 if rotate is None else rotate
         self.shear = 0.0 if shear is None else shear
         self.order, self.cval, self.mode = order, cval, mode
-        self._scale = _xy(self.scale, "scale", 1.0)
+        self._scale = params.check_xy(self.scale, "Affine scale", 1.0)
         translate = translate_px if translate_px is not None else translate_percent
-        self._translate = _xy(0.0 if translate is None else translate, "translate", 0.0)
-        _check_spec(self.rotate, "rotate")
-        if isinstance(self.shear, dict):
-            self._shear = _xy(self.shear, "shear", 0.0)
-        elif _is_number(self.shear):
+        name = "Affine translate_px" if translate_px is not None else "Affine translate_percent"
+        self._translate = params.check_xy(0.0 if translate is None else translate, name, 0.0)
+        params.check(self.rotate, "Affine rotate")
+        if params.is_number(self.shear):
             self._shear = (self.shear, 0.0, True)  # a single number shears x only
         else:
-            _check_spec(self.shear, "shear")
-            self._shear = (self.shear, self.shear, False)
-        orders = [order] if isinstance(order, int) else order
-        if not isinstance(orders, list) or not orders or any(o not in (0, 1) for o in orders):
-            raise ValueError(
-                f"order must be 0, 1 or a list of them (XLA has no cubic), got {order!r}")
+            self._shear = params.check_xy(self.shear, "Affine shear", 0.0)
+        orders = [order] if isinstance(order, int) and not isinstance(order, bool) else order
+        if not isinstance(orders, list) or not orders or \
+                any(isinstance(o, bool) or o not in (0, 1) for o in orders):
+            raise ValueError(f"Affine order: expected 0, 1 or a list of them (XLA has no cubic), "
+                             f"got {order!r}")
         self._orders = tuple(orders)
         self._cval = (0, 255) if cval == ALL else cval
-        _check_spec(self._cval, "cval")
-        self._modes = _mode_spec(mode, "mode")
+        params.check(self._cval, "Affine cval")
+        self._modes = params.check_modes(mode, "Affine mode")
 
     def sample_params(self, seed, batch, channels: int = 3):
         """Per-image parameters in imgaug's units (float32 ``[B]`` unless noted).
@@ -543,28 +437,28 @@ class Affine(core.Augmenter):
         ``translate_px``), ``rotate, shear_x, shear_y`` (degrees), ``order`` (int32),
         ``mode`` (int32), ``cval`` (``[B, channels]``).
         """
-        draws = _Draws(seed, batch, 9 + channels)
+        draws = params.Draws(seed, batch, 9 + channels)
         out = {}
         for name, (xs, ys, independent), discrete in (
                 ("scale", self._scale, False),
                 ("translate", self._translate, self.translate_px is not None),
                 ("shear", self._shear, False)):
-            x = _sample(xs, draws, discrete=discrete)
-            y = _sample(ys, draws, discrete=discrete)
+            x = draws.sample(xs, discrete=discrete)
+            y = draws.sample(ys, discrete=discrete)
             out[name + "_x"], out[name + "_y"] = x, (y if independent else x)
-        out["rotate"] = _sample(self.rotate, draws)
-        out["order"] = _sample_choice(self._orders, draws)
-        out["mode"] = _sample_choice(self._modes, draws)
-        cval = _sample(self._cval, draws, width=channels)
+        out["rotate"] = draws.sample(self.rotate)
+        out["order"] = draws.choice(self._orders)
+        out["mode"] = draws.choice(self._modes)
+        cval = draws.sample(self._cval, width=channels)
         out["cval"] = tf.floor(cval)  # cv2.warpAffine(borderValue=tuple(int(v) ...))
         return {k: materialize(v) for k, v in out.items()}
 
-    def _matrix(self, params, height, width):
-        tx, ty = params["translate_x"], params["translate_y"]
+    def _matrix(self, drawn, height, width):
+        tx, ty = drawn["translate_x"], drawn["translate_y"]
         if self.translate_px is None:
             tx, ty = tx * width, ty * height
-        return affine_matrix(params["scale_x"], params["scale_y"], tx, ty, params["rotate"],
-                             params["shear_x"], height, width, shear_y_deg=params["shear_y"])
+        return affine_matrix(drawn["scale_x"], drawn["scale_y"], tx, ty, drawn["rotate"],
+                             drawn["shear_x"], height, width, shear_y_deg=drawn["shear_y"])
 
     def sample_matrix(self, seed, batch, height, width):
         return self._matrix(self.sample_params(seed, batch), height, width)
@@ -572,11 +466,11 @@ class Affine(core.Augmenter):
     def apply(self, images, seed):
         height, width = _spatial(images)
         channels = images.shape[3] or 3
-        params = self.sample_params(seed, tf.shape(images)[0], channels)
-        order = self._orders[0] if len(self._orders) == 1 else params["order"]
-        mode = self._modes[0] if len(self._modes) == 1 else params["mode"]
-        return affine(images, self._matrix(params, height, width), order=order, mode=mode,
-                      cval=params["cval"])
+        drawn = self.sample_params(seed, tf.shape(images)[0], channels)
+        order = self._orders[0] if len(self._orders) == 1 else drawn["order"]
+        mode = self._modes[0] if len(self._modes) == 1 else drawn["mode"]
+        return affine(images, self._matrix(drawn, height, width), order=order, mode=mode,
+                      cval=drawn["cval"])
 
 
 class FusedGeometry(core.Augmenter):

@@ -1,29 +1,37 @@
 """A PNG grid of real Tiny ImageNet images before and after a recipe, to eyeball it.
 
-    python -m augment.grid --src /work/shared/data/tiny-imagenet-sample \
-        --recipe student_net2 --out grid.png [--n 8 --repeats 4 --seed 0 --scale 2]
+    python -m augment.grid --src tiny-imagenet-200 --recipe student_net2 --out grid.png \
+        [--n 8 --repeats 4 --seed 0 --scale 2]
 
 Row i is one training image: the original, then ``repeats`` augmentations of it (each column
 one batch seed, ``step_seed(seed, column, 0)``). Reads the train JPEGs directly with PIL so
-this module needs only the dataset folder, not a TFRecord build.
+this module needs only the dataset folder, not a TFRecord build. Exit status 2 for bad input
+or usage (the message names the flag or path), 1 if writing the grid fails.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
-from PIL import Image, ImageDraw
+import tensorflow as tf
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from augment.layer import step_seed
+from augment.core import step_seed
 from augment.recipes import get_recipe
+
+
+class GridInputError(ValueError):
+    """Bad input: a missing or empty dataset folder, an unreadable JPEG, a bad setting."""
 
 
 def list_train_images(src: str) -> list[str]:
     """Sorted paths of ``<src>/train/<wnid>/images/*.JPEG``."""
     root = os.path.join(src, "train")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"no train/ folder under {src!r}")
+        raise GridInputError(f"--src={src}: no train/ folder there (expected the Tiny "
+                             f"ImageNet layout train/<wnid>/images/*.JPEG)")
     paths = []
     for wnid in sorted(os.listdir(root)):
         folder = os.path.join(root, wnid, "images")
@@ -31,7 +39,7 @@ def list_train_images(src: str) -> list[str]:
             paths += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
                       if f.lower().endswith((".jpeg", ".jpg"))]
     if not paths:
-        raise FileNotFoundError(f"no JPEGs under {root!r}")
+        raise GridInputError(f"--src={src}: no JPEGs under {root}/<wnid>/images/")
     return paths
 
 
@@ -39,11 +47,14 @@ def load_images(paths, size: int = 64) -> np.ndarray:
     """uint8 ``[N, size, size, 3]``; grayscale JPEGs become RGB, others resized if needed."""
     out = []
     for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out.append(np.asarray(im, np.uint8))
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out.append(np.asarray(im, np.uint8))
+        except UnidentifiedImageError:
+            raise GridInputError(f"{path}: not a readable image") from None
     return np.stack(out)
 
 
@@ -74,34 +85,96 @@ def tile(grid: np.ndarray, scale: int = 2, gap: int = 4, header: list[str] | Non
 
 def make_grid(src: str, recipe_name: str, out: str, n: int = 8, repeats: int = 4,
               seed: int = 0, scale: int = 2) -> str:
-    """Pick ``n`` train images (seeded), augment them, write the PNG grid to ``out``."""
+    """Pick ``n`` train images (seeded), augment them, write the PNG grid to ``out``.
+
+    Everything is checked before any work, and the PNG is written beside ``out`` then renamed,
+    so a failure leaves no partial file.
+
+    Raises:
+      GridInputError: a bad ``src``, recipe name, ``out`` folder or count.
+      OSError: reading a JPEG or writing the PNG failed.
+    """
+    for name, value in (("n", n), ("repeats", repeats), ("scale", scale)):
+        if value < 1:
+            raise GridInputError(f"--{name}={value}: must be >= 1")
+    try:
+        recipe = get_recipe(recipe_name)
+    except ValueError as e:
+        raise GridInputError(f"--recipe: {e}") from None
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise GridInputError(f"--out={out}: folder {folder} does not exist")
     paths = list_train_images(src)
     pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)),
                                               replace=False)
     images = load_images([paths[i] for i in sorted(pick)])
-    grid = augment_grid(images, get_recipe(recipe_name), repeats, seed)
+    grid = augment_grid(images, recipe, repeats, seed)
     header = ["original"] + [f"{recipe_name} #{r + 1}" for r in range(repeats)]
-    tile(grid, scale=scale, header=header).save(out)
+    partial = out + ".partial"
+    try:
+        tile(grid, scale=scale, header=header).save(partial, format="PNG")
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return out
 
 
-def main(argv):
-    del argv
-    from absl import flags
-    f = flags.FLAGS
-    path = make_grid(f.src, f.recipe, f.out, n=f.n, repeats=f.repeats, seed=f.seed,
-                     scale=f.scale)
+def run(src, recipe: str, out: str, n: int, repeats: int, seed: int, scale: int) -> int:
+    """:func:`make_grid` with the command line's exit statuses and one-line errors."""
+    if not src:
+        print("augment.grid: error: --src is required (the Tiny ImageNet folder with "
+              "train/<wnid>/images/)", file=sys.stderr)
+        return 2
+    try:
+        path = make_grid(src, recipe, out, n=n, repeats=repeats, seed=seed, scale=scale)
+    except GridInputError as e:
+        print(f"augment.grid: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, tf.errors.OpError) as e:
+        print(f"augment.grid: failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     print(path)
+    return 0
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def main(argv) -> int:
+    """Maps the flags to :func:`run` (which calls :func:`make_grid`)."""
+    from absl import flags
+    if len(argv) > 1:
+        print(f"augment.grid: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    f = flags.FLAGS
+    return run(f.src, f.recipe, f.out, n=f.n, repeats=f.repeats, seed=f.seed, scale=f.scale)
+
+
+def _define_flags() -> None:
+    from absl import flags
     flags.DEFINE_string("src", None, "Tiny ImageNet folder (with train/<wnid>/images/).")
     flags.DEFINE_string("recipe", "student_net2", "Recipe name (augment.recipe_names()).")
-    flags.DEFINE_string("out", "augment_grid.png", "Output PNG path.")
+    flags.DEFINE_string("out", "augment_grid.png", "Output PNG path (its folder must exist).")
     flags.DEFINE_integer("n", 8, "Number of images (rows).")
     flags.DEFINE_integer("repeats", 4, "Augmented versions per image (columns).")
     flags.DEFINE_integer("seed", 0, "Seed for the image choice and the augmentation.")
     flags.DEFINE_integer("scale", 2, "Upscaling factor of each tile.")
-    flags.mark_flag_as_required("src")
-    app.run(main)
+
+
+def _parse_flags(argv):
+    """absl's parser, but a bad flag is usage (exit 2, one line), not absl's exit 1."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"augment.grid: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli() -> None:
+    """Entry point: ``python -m augment.grid``."""
+    from absl import app
+    _define_flags()
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,8 +2,8 @@
 
 Why a layer: the augmentation then runs on the accelerator, inside the (XLA-compiled) train
 step, after the host pipeline has shipped compact uint8 batches. The seed of each call is
-``step_seed(seed, step, replica_id)``, so two replicas never draw the same parameters, each
-step draws new ones, and a run is reproducible from its base seed.
+``augment.core.step_seed(seed, step, replica_id)``, so two replicas never draw the same
+parameters, each step draws new ones, and a run is reproducible from its base seed.
 """
 
 from __future__ import annotations
@@ -11,17 +11,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from augment.core import Augmenter, fold_seed
+from augment.core import step_seed
 from augment.recipes import get_recipe
-
-
-def step_seed(base_seed, step, replica_id) -> tf.Tensor:
-    """The int32 ``[2]`` seed of one step on one replica: ``base_seed`` folded with both.
-
-    Distinct per step and per replica, and the same for the same triple wherever it runs
-    (``fold_seed`` clears sign bits: XLA and the CPU kernels disagree on negative seeds).
-    """
-    return fold_seed(fold_seed(base_seed, step), replica_id)
 
 
 def replica_id() -> tf.Tensor:
@@ -105,4 +96,4 @@ class AugmentLayer(keras.layers.Layer):
         return config
 
 
-__all__ = ["AugmentLayer", "Augmenter", "replica_id", "step_seed"]
+__all__ = ["AugmentLayer", "replica_id"]

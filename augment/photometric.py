@@ -15,6 +15,11 @@ noise (noise rounded before adding) *round*. Float inputs are clipped to 0..255 
 rounded. The class attribute ``ROUNDING`` says which, so combinators can quantise after every
 op of a chain exactly as an all-uint8 imgaug pipeline does.
 
+The two value maps (``Multiply``, ``LinearContrast``) are bit-identical to imgaug's float32
+lookup tables eagerly and under XLA (:func:`contrast_values` says what XLA would change).
+
+Parameters follow imgaug's grammar (:mod:`augment.params`): a number, ``(a, b)``, or a list.
+
 Everything here compiles under ``tf.function(jit_compile=True)``: no binomial sampler, no
 dynamic shapes (per-image sizes become index arithmetic on a static maximum grid).
 """
@@ -26,25 +31,13 @@ import statistics
 import numpy as np
 import tensorflow as tf
 
-from augment.core import (Augmenter, as_seed, from_float, split_seed, to_float, uniform,
+from augment import params
+from augment.core import (Augmenter, as_seed, bernoulli, check_probability, fold_seed,
+                          from_float, quantize, split_seed, to_float, uniform,
                           xla_safe_seed)
 
 # --------------------------------------------------------------------------------------------
 # dtype helpers
-
-
-def quantize(images: tf.Tensor, dtype: tf.DType, rounding: str = "round") -> tf.Tensor:
-    """Float pixels as an integer ``dtype`` would hold them (still float32).
-
-    Args:
-      images: float32 pixels.
-      dtype: the caller's dtype; float dtypes leave ``images`` unchanged.
-      rounding: ``"floor"`` (imgaug's LUT ops: Multiply, LinearContrast) or ``"round"``.
-    """
-    if not tf.as_dtype(dtype).is_integer:
-        return images
-    images = tf.clip_by_value(images, 0.0, 255.0)
-    return tf.floor(images) if rounding == "floor" else tf.round(images)
 
 
 def _finish(out: tf.Tensor, dtype: tf.DType, rounding: str) -> tf.Tensor:
@@ -62,11 +55,7 @@ class PixelAugmenter(Augmenter):
 
 
 # --------------------------------------------------------------------------------------------
-# parameter sampling (imgaug's number | (a, b) | [choices] conventions)
-
-
-def _is_range(spec) -> bool:
-    return isinstance(spec, tuple) and len(spec) == 2
+# parameter sampling
 
 
 _NORMAL_TABLE = None
@@ -86,10 +75,10 @@ def normal(seed, shape) -> tf.Tensor:
     """float32 N(0, 1) samples: 16 random bits each, mapped through an inverse-CDF table.
 
     Why a table: under XLA on CPU ``tf.random.stateless_normal`` and a Box-Muller transform
-    each cost over a second per 256x64x64 batch (transcendentals fused into the RNG), while a
-    gather costs ~25 ms; a table lookup is also bit-identical eagerly and under XLA, which
-    ``stateless_normal`` is not. Two samples per 32-bit draw; the 2^16 levels are far finer
-    than a pixel's quantisation.
+    fuse their transcendentals into the generator and run orders of magnitude slower than a
+    gather (README, "Augmentation"); a table lookup is also bit-identical eagerly and under
+    XLA, which ``stateless_normal`` is not. Two samples per 32-bit draw; the 2^16 levels are
+    far finer than a pixel's quantisation.
     """
     shape = tf.cast(shape, tf.int32)
     count = tf.reduce_prod(shape)
@@ -101,29 +90,6 @@ def normal(seed, shape) -> tf.Tensor:
     return tf.reshape(values, shape)
 
 
-def sample_uniform(seed, shape, spec) -> tf.Tensor:
-    """float32 samples of ``spec``: a number (constant) or a tuple ``(a, b)`` (uniform)."""
-    if _is_range(spec):
-        lo, hi = float(spec[0]), float(spec[1])
-        return uniform(shape, seed, lo, hi)
-    if isinstance(spec, (int, float)):
-        return tf.fill(shape, tf.constant(float(spec), tf.float32))
-    raise ValueError(f"expected a number or a (min, max) tuple, got {spec!r}")
-
-
-def sample_bernoulli(seed, shape, p) -> tf.Tensor:
-    """bool samples that are True with probability ``p`` (a bool or a number in 0..1).
-
-    A uniform compared with ``p``: ``StatelessRandomBinomial`` has no XLA kernel.
-    """
-    p = float(p)
-    if p <= 0.0:
-        return tf.zeros(shape, tf.bool)
-    if p >= 1.0:
-        return tf.ones(shape, tf.bool)
-    return uniform(shape, seed) < p
-
-
 def sample_per_channel(seed, batch: int | tf.Tensor, channels: int, spec, per_channel) -> tf.Tensor:
     """``[B, C]`` values of ``spec``: per channel for a ``per_channel`` fraction of images.
 
@@ -131,8 +97,8 @@ def sample_per_channel(seed, batch: int | tf.Tensor, channels: int, spec, per_ch
     channel or one for the whole image; here both are drawn and the choice selects.
     """
     s_val, s_pc = tf.unstack(split_seed(seed, 2))
-    values = sample_uniform(s_val, [batch, channels], spec)
-    per_ch = sample_bernoulli(s_pc, [batch, 1], per_channel)
+    values = params.sample(s_val, [batch, channels], spec)
+    per_ch = bernoulli(s_pc, [batch, 1], per_channel)
     return tf.where(per_ch, values, values[:, :1])
 
 
@@ -161,6 +127,41 @@ def _per_image(values: tf.Tensor) -> tf.Tensor:
     return values[:, None, None, :]
 
 
+def multiply_values(values: tf.Tensor, mul: tf.Tensor) -> tf.Tensor:
+    """``clip(v * mul, 0, 255)`` in float32: imgaug's uint8 table before ``astype(uint8)``.
+
+    One rounding (the product), so eager and XLA agree without further care.
+    """
+    return tf.clip_by_value(values * mul, 0.0, 255.0)
+
+
+def _split_factor(factor: tf.Tensor):
+    """``factor = high + low`` exactly, ``high`` keeping the top 16 significant bits.
+
+    Both parts times an integer of at most 8 significant bits (``v - 127`` for a uint8 ``v``)
+    are exact float32 products; see :func:`contrast_values`.
+    """
+    bits = tf.bitcast(tf.convert_to_tensor(factor, tf.float32), tf.int32)
+    high = tf.bitcast(tf.bitwise.bitwise_and(bits, tf.constant(-256, tf.int32)), tf.float32)
+    return high, factor - high
+
+
+def contrast_values(values: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    """``clip(127 + alpha * (v - 127), 0, 255)`` rounded exactly as imgaug's float32 table.
+
+    imgaug rounds the product to float32, then adds 127. XLA (CPU and GPU) contracts
+    ``127 + alpha * d`` into one fused multiply-add with a single rounding, which moves a few
+    uint8 results by one grey level. Writing ``alpha * d`` as ``high * d + low * d`` with both
+    products exact (``high`` has 16 significant bits, ``low`` the other 8, ``d`` is an integer
+    of at most 8) makes the sum the correctly rounded product whether or not it is fused, and
+    the outer ``127 + ...`` has no product left to fuse with. Non-integer float inputs are
+    computed to float32 accuracy (imgaug uses float64 there; they are never rounded).
+    """
+    d = values - 127.0
+    high, low = _split_factor(alpha)
+    return tf.clip_by_value(127.0 + (high * d + low * d), 0.0, 255.0)
+
+
 def multiply(images, mul) -> tf.Tensor:
     """``clip(v * mul)``; uint8 results floored like imgaug's lookup table.
 
@@ -171,8 +172,7 @@ def multiply(images, mul) -> tf.Tensor:
       The images in their own dtype.
     """
     images = tf.convert_to_tensor(images)
-    out = tf.clip_by_value(to_float(images) * _per_image(mul), 0.0, 255.0)
-    return _finish(out, images.dtype, "floor")
+    return _finish(multiply_values(to_float(images), _per_image(mul)), images.dtype, "floor")
 
 
 def linear_contrast(images, alpha) -> tf.Tensor:
@@ -183,8 +183,7 @@ def linear_contrast(images, alpha) -> tf.Tensor:
       alpha: ``[B]`` or ``[B, C]`` contrast factors.
     """
     images = tf.convert_to_tensor(images)
-    out = tf.clip_by_value(127.0 + _per_image(alpha) * (to_float(images) - 127.0), 0.0, 255.0)
-    return _finish(out, images.dtype, "floor")
+    return _finish(contrast_values(to_float(images), _per_image(alpha)), images.dtype, "floor")
 
 
 def additive_noise(images, noise) -> tf.Tensor:
@@ -200,60 +199,75 @@ def additive_noise(images, noise) -> tf.Tensor:
 
 
 class Multiply(PixelAugmenter):
-    """imgaug ``Multiply(mul, per_channel)``: multipliers ~ U(mul) per image (or channel)."""
+    """imgaug ``Multiply(mul, per_channel)``: a multiplier of ``mul`` per image (or channel).
+
+    Args:
+      mul: a number, ``(a, b)`` (uniform) or a list (one of them), per image.
+      per_channel: bool, or the fraction of images that draw one multiplier per channel.
+    """
 
     ROUNDING = "floor"
 
     def __init__(self, mul=(0.8, 1.2), per_channel=False):
-        self.mul = mul
-        self.per_channel = per_channel
+        self.mul = params.check(mul, "Multiply mul")
+        self.per_channel = check_probability(per_channel, "Multiply per_channel")
 
     def apply(self, images, seed):
         mul = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.mul,
                                  self.per_channel)
-        return tf.clip_by_value(images * _per_image(mul), 0.0, 255.0)
+        return multiply_values(images, _per_image(mul))
 
 
 class LinearContrast(PixelAugmenter):
-    """imgaug ``LinearContrast(alpha, per_channel)`` (= ``ContrastNormalization``), pivot 127."""
+    """imgaug ``LinearContrast(alpha, per_channel)`` (= ``ContrastNormalization``), pivot 127.
+
+    Args:
+      alpha: a number, ``(a, b)`` (uniform) or a list (one of them), per image.
+      per_channel: bool, or the fraction of images that draw one alpha per channel.
+    """
 
     ROUNDING = "floor"
 
     def __init__(self, alpha=(0.6, 1.4), per_channel=False):
-        self.alpha = alpha
-        self.per_channel = per_channel
+        self.alpha = params.check(alpha, "LinearContrast alpha")
+        self.per_channel = check_probability(per_channel, "LinearContrast per_channel")
 
     def apply(self, images, seed):
         alpha = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.alpha,
                                    self.per_channel)
-        return tf.clip_by_value(127.0 + _per_image(alpha) * (images - 127.0), 0.0, 255.0)
+        return contrast_values(images, _per_image(alpha))
 
 
 ContrastNormalization = LinearContrast
 
 
 class AdditiveGaussianNoise(PixelAugmenter):
-    """imgaug ``AdditiveGaussianNoise(loc=0, scale, per_channel)``: ``v + N(0, scale)``.
+    """imgaug ``AdditiveGaussianNoise(loc=0, scale, per_channel)``: ``v + N(loc, scale)``.
 
-    ``scale`` is a number or a ``(a, b)`` range sampled per image. With ``per_channel``
-    false (imgaug's default) one noise value per pixel is shared by all channels; a float is
-    the fraction of images that get independent noise per channel.
+    ``loc`` and ``scale`` are a number, ``(a, b)`` or a list, drawn per image. With
+    ``per_channel`` false (imgaug's default) one noise value per pixel is shared by all
+    channels; a float is the fraction of images that get independent noise per channel.
     """
 
-    def __init__(self, scale=0.05 * 255, per_channel=False):
-        self.scale = scale
-        self.per_channel = per_channel
+    def __init__(self, loc=0, scale=0.05 * 255, per_channel=False):
+        self.loc = params.check(loc, "AdditiveGaussianNoise loc")
+        self.scale = params.check(scale, "AdditiveGaussianNoise scale", low=0)
+        self.per_channel = check_probability(per_channel, "AdditiveGaussianNoise per_channel")
 
     def apply(self, images, seed):
         s_scale, s_noise, s_pc = tf.unstack(split_seed(seed, 3))
         batch = tf.shape(images)[0]
-        scale = sample_uniform(s_scale, [batch], self.scale)
+        scale = params.sample(s_scale, [batch], self.scale)
         channels = _channels(images) if self.per_channel else 1
         noise = normal(s_noise, tf.concat([tf.shape(images)[:3], [channels]], 0))
         if self.per_channel:
-            shared = sample_bernoulli(s_pc, [batch], self.per_channel)
+            shared = bernoulli(s_pc, [batch], self.per_channel)
             noise = tf.where(shared[:, None, None, None], noise, noise[..., :1])
-        return tf.clip_by_value(images + noise * scale[:, None, None, None], 0.0, 255.0)
+        noise = noise * scale[:, None, None, None]
+        if self.loc != 0:  # a draw only where imgaug's default loc=0 is changed
+            loc = params.sample(fold_seed(s_scale, 1), [batch], self.loc)
+            noise = noise + loc[:, None, None, None]
+        return tf.clip_by_value(images + noise, 0.0, 255.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,8 +340,8 @@ def gaussian_blur(images, sigma, max_ksize: int | None = None) -> tf.Tensor:
     """Separable Gaussian blur with per-image ``sigma``, as imgaug/cv2 do it.
 
     Implemented as two banded matrix products per image (``M_h @ img @ M_w^T``), the
-    reflect-101 border folded into the matrices: on CPU under XLA this measured faster than
-    shifted slices or ``depthwise_conv2d`` (see ``python -m augment.bench --blur``).
+    reflect-101 border folded into the matrices: on CPU under XLA this is faster than shifted
+    slices or ``depthwise_conv2d`` (``python -m benchmarks.augment --blur``; README).
 
     Args:
       images: ``[B, H, W, C]`` uint8 or float pixels (H, W static).
@@ -354,15 +368,18 @@ def _blur_float(images: tf.Tensor, sigma: tf.Tensor, max_ksize: int) -> tf.Tenso
 
 
 class GaussianBlur(PixelAugmenter):
-    """imgaug ``GaussianBlur(sigma)``: sigma ~ U(a, b) per image, identity at sigma <= 1e-3."""
+    """imgaug ``GaussianBlur(sigma)``: a sigma per image, identity at sigma <= 1e-3.
+
+    Args:
+      sigma: a number, ``(a, b)`` (uniform) or a list (one of them), in pixels, >= 0.
+    """
 
     def __init__(self, sigma=(0.0, 3.0)):
-        self.sigma = sigma
-        hi = sigma[1] if _is_range(sigma) else sigma
-        self._max_ksize = max_blur_kernel_size(float(hi))
+        self.sigma = params.check(sigma, "GaussianBlur sigma", low=0)
+        self._max_ksize = max_blur_kernel_size(float(max(params.values(sigma))))
 
     def apply(self, images, seed):
-        sigma = sample_uniform(seed, [tf.shape(images)[0]], self.sigma)
+        sigma = params.sample(seed, [tf.shape(images)[0]], self.sigma)
         return _blur_float(images, sigma, self._max_ksize)
 
 
@@ -408,7 +425,7 @@ def _upsample_mask(keep_low, h_low, w_low, height: int, width: int) -> tf.Tensor
         mask = tf.gather(keep_low, rows, axis=1, batch_dims=1)
         return tf.gather(mask, cols, axis=2, batch_dims=1)
     # Small grids (imgaug's 2-7 % of 64 px is 3x3 or 4x4): a sum of one-hot products fuses
-    # into one elementwise loop; two batched gathers measured 2.6x slower under XLA on CPU.
+    # into one elementwise loop; two batched gathers are slower under XLA on CPU (README).
     mask = 0.0
     for i in range(h_max):
         row_i = tf.cast(tf.equal(rows, i), tf.float32)[:, :, None, None]
@@ -426,16 +443,26 @@ _MAX_SELECT_CELLS = 36
 class CoarseDropout(PixelAugmenter):
     """imgaug ``CoarseDropout(p, size_percent, per_channel, min_size=3)``.
 
-    Per image: drop probability ~ U(p); mask height and width from their own draws of
+    Per image: a drop probability of ``p``; mask height and width from their own draws of
     ``size_percent``; per-channel masks for a ``per_channel`` fraction of images. The cells
-    are drawn on the largest grid the range allows and each image reads its own corner.
+    are drawn on the largest grid the spec allows and each image reads its own corner.
+
+    Args:
+      p: drop probability in ``[0, 1]``: a number, ``(a, b)`` or a list.
+      size_percent: mask size as a fraction of H and W in ``(0, 1]``: a number, ``(a, b)`` or
+        a list, drawn separately for height and width.
+      per_channel: bool, or the fraction of images with one mask per channel.
+      min_size: the smallest mask side in cells (imgaug: 3).
     """
 
     def __init__(self, p=(0.02, 0.1), size_percent=(0.02, 0.05), per_channel=False,
                  min_size=3):
-        self.p = p
-        self.size_percent = size_percent
-        self.per_channel = per_channel
+        self.p = params.check(p, "CoarseDropout p", low=0, high=1)
+        self.size_percent = params.check(size_percent, "CoarseDropout size_percent", low=0,
+                                         high=1)
+        self.per_channel = check_probability(per_channel, "CoarseDropout per_channel")
+        if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
+            raise ValueError(f"CoarseDropout min_size: expected an int >= 1, got {min_size!r}")
         self.min_size = min_size
 
     def apply(self, images, seed):
@@ -445,15 +472,15 @@ class CoarseDropout(PixelAugmenter):
         height, width, channels = int(height), int(width), _channels(images)
         batch = tf.shape(images)[0]
         s_p, s_size, s_pc, s_cells = tf.unstack(split_seed(seed, 4))
-        p = sample_uniform(s_p, [batch], self.p)
-        frac = sample_uniform(s_size, [batch, 2], self.size_percent)
+        p = params.sample(s_p, [batch], self.p)
+        frac = params.sample(s_size, [batch, 2], self.size_percent)
         h_low = low_res_size(frac[:, 0], height, self.min_size)
         w_low = low_res_size(frac[:, 1], width, self.min_size)
-        hi = self.size_percent[1] if _is_range(self.size_percent) else self.size_percent
+        hi = max(params.values(self.size_percent))
         h_max = max(int(float(hi) * height), self.min_size)
         w_max = max(int(float(hi) * width), self.min_size)
         cells = uniform([batch, h_max, w_max, channels], s_cells)
         keep = tf.cast(cells >= p[:, None, None, None], tf.float32)
-        per_ch = sample_bernoulli(s_pc, [batch, 1, 1, 1], self.per_channel)
+        per_ch = bernoulli(s_pc, [batch, 1, 1, 1], self.per_channel)
         keep = tf.where(per_ch, keep, keep[..., :1])
         return images * _upsample_mask(keep, h_low, w_low, height, width)

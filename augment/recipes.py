@@ -2,7 +2,8 @@
 
 A recipe is any callable ``(images, seed) -> images`` (see docs/CONTRACTS.md); the built-in
 ones are :class:`~augment.core.Augmenter` trees mirroring the imgaug code of the original
-authors and of the student re-implementation (``/work/shared/docs/networks.md``).
+authors' notebooks (github ZohebAbai/Tiny-ImageNet-Challenge) and of the student
+re-implementation (the seed report's Figure 9).
 
 Adding your own::
 
@@ -28,19 +29,16 @@ from typing import Callable
 from augment.combinators import Identity, Sequential, SomeOf, Sometimes
 from augment.core import Augmenter
 from augment.geometry import Affine, CropAndPad, Fliplr, Flipud
+from augment.params import ALL
 from augment.photometric import (AdditiveGaussianNoise, CoarseDropout, ContrastNormalization,
                                  GaussianBlur, Multiply)
-
-# imgaug's ``mode=ia.ALL`` / ``pad_mode=ia.ALL``: a mode drawn per image among the five
-# border modes augment.geometry supports (constant, edge, reflect, symmetric, wrap).
-ALL = "ALL"
 
 
 def student_net2() -> Augmenter:
     """Seed report, Figure 9: half the images get all eleven ops in a random order.
 
     The figure's code is garbled where it names border modes (``'nearest'`` is no imgaug
-    ``pad_mode``; the tuple brackets are missing), so this follows networks.md: imgaug's
+    ``pad_mode``; the tuple brackets are missing), so this follows the networks notes: imgaug's
     default constant borders, with a random fill colour per image (``cval``/``pad_cval``
     (0, 255), as the figure gives them).
     """
@@ -78,10 +76,20 @@ def original_net2() -> Augmenter:
 
 
 def original_net1() -> Augmenter:
-    """The original authors' Network 1 recipe: any subset of five ops, in list order."""
+    """The original authors' Network 1 recipe: any subset of five ops, in list order.
+
+    As ``TinyImageNet_Network_1.ipynb`` ("Image Augmentation") has it, op for op. Its
+    ``iaa.Affine(rotate=20)`` is a bare number, which imgaug takes as a constant: every image
+    the op reaches turns by exactly 20 degrees (clockwise), never by a random angle. The
+    notebook ran it per image through ``ImageDataGenerator(preprocessing_function=...)`` on
+    float32 pixels, so nothing was rounded between ops and values were not clipped to
+    0..255 (its own preview warns of out-of-range pixels). Fed uint8 batches, this recipe
+    rounds and clips after each op as imgaug does on uint8; a float32 batch is not rounded
+    but is still clipped to 0..255.
+    """
     return SomeOf((0, None), [
         Affine(scale=(0.5, 1.5)),
-        Affine(rotate=(-20, 20)),
+        Affine(rotate=20),
         CoarseDropout((0.0, 0.2), size_percent=(0.05, 0.07)),
         AdditiveGaussianNoise(scale=0.05 * 255),
         CropAndPad(percent=(-0.25, 0.25)),

@@ -89,8 +89,8 @@ def materialize(value):
 
     XLA builds stateless random draws (Philox) from elementwise ops, and its loop fusion then
     recomputes the whole generator inside every consumer element: a per-image ``cval``
-    broadcast into a 256x64x64x3 blend made Affine 15x slower (measured: 640 vs 9,100
-    images/s). A reduction is never duplicated into its consumers, so a max over
+    broadcast into a whole-batch blend made Affine an order of magnitude slower (README,
+    "Augmentation"). A reduction is never duplicated into its consumers, so a max over
     ``[value, lowest]`` pins the small parameter tensor in memory at no real cost.
     """
     value = tf.convert_to_tensor(value)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from augment import params
 from augment import photometric as ph
 
 RNG = np.random.default_rng(0)
@@ -60,6 +61,78 @@ def test_linear_contrast_matches_formula_with_pivot_127():
 
 
 # --------------------------------------------------------------------------------------------
+# The value maps (imgaug's lookup-table ops): bit-identical to imgaug, eagerly and under XLA
+
+# Factors that XLA's fused multiply-add used to round differently (1.6: v = 52, 57, 62, 67;
+# 0.8: v = 2, 7), the recipes' range ends, and random ones; one image per factor.
+_FACTORS = np.concatenate([np.float32([1.6, 0.8, 0.75, 1.5, 0.9, 1.1, 1.2, 0.0, 1.0, 2.0]),
+                           np.random.default_rng(7).uniform(0.5, 2.0, 54).astype(np.float32)])
+
+
+def _all_values(batch):
+    """``[batch, 16, 16, 3]`` uint8: each image holds all 256 values, shifted per channel."""
+    v = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    planes = np.stack([v, np.roll(v, 85), np.roll(v, 170)], axis=-1)
+    return np.broadcast_to(planes, (batch, 16, 16, 3)).copy()
+
+
+def _imgaug_table(op, factor):
+    """imgaug 0.4's uint8 table, in numpy float32 exactly as imgaug computes it.
+
+    ``Multiply``: ``clip(arange(256) * float32(mul), 0, 255).astype(uint8)``;
+    ``LinearContrast``: ``clip(127 + float32(alpha) * (arange(256) - 127), 0, 255)`` then
+    ``astype(uint8)`` (``adjust_contrast_linear``, center ``int(127.5)``).
+    """
+    values = np.arange(256, dtype=np.float32)
+    factor = np.float32(factor)
+    if op == "multiply":
+        table = values * factor
+    else:
+        table = np.float32(127) + factor * (values - np.float32(127))
+    return np.clip(table, 0, 255).astype(np.uint8)
+
+
+_VALUE_MAPS = {"multiply": (ph.multiply, ph.Multiply),
+               "linear_contrast": (ph.linear_contrast, ph.LinearContrast),
+               "contrast_normalization": (ph.linear_contrast, ph.ContrastNormalization)}
+
+
+@pytest.mark.parametrize("name", sorted(_VALUE_MAPS))
+def test_value_map_is_bit_identical_to_imgaug_eagerly_and_under_xla_on_all_256_values(name):
+    fn, _ = _VALUE_MAPS[name]
+    x = tf.constant(_all_values(len(_FACTORS)))
+    factors = tf.constant(_FACTORS)
+    eager = fn(x, factors).numpy()
+    xla = tf.function(fn, jit_compile=True)(x, factors).numpy()
+    kind = "multiply" if name == "multiply" else "contrast"
+    want = np.stack([_imgaug_table(kind, f)[img] for f, img in zip(_FACTORS, x.numpy())])
+    np.testing.assert_array_equal(eager, want)
+    np.testing.assert_array_equal(xla, want)
+    # per channel: one factor per image and channel
+    per_channel = tf.constant(_FACTORS.reshape(-1, 1) * np.float32([1.0, 0.9, 1.1]))
+    xla = tf.function(fn, jit_compile=True)(x, per_channel).numpy()
+    want = np.stack([np.stack([_imgaug_table(kind, per_channel.numpy()[b, c])[x.numpy()[b, ..., c]]
+                               for c in range(3)], axis=-1) for b in range(len(_FACTORS))])
+    np.testing.assert_array_equal(xla, want)
+
+
+@pytest.mark.parametrize("name", sorted(_VALUE_MAPS))
+def test_random_value_map_op_is_bit_identical_eagerly_and_under_xla(name):
+    _, cls = _VALUE_MAPS[name]
+    op = cls((0.5, 2.0), per_channel=0.5)
+    x = tf.constant(_all_values(64))
+    seed = tf.constant([4, -9])
+    eager = op(x, seed).numpy()
+    xla = tf.function(lambda i, s: op(i, s), jit_compile=True)(x, seed).numpy()
+    np.testing.assert_array_equal(xla, eager)
+    for fixed in (1.6, 0.8):  # a constant factor is a constant XLA may fold into the FMA
+        op = cls(fixed)
+        xla = tf.function(lambda i, s: op(i, s), jit_compile=True)(x, seed).numpy()
+        kind = "multiply" if name == "multiply" else "contrast"
+        np.testing.assert_array_equal(xla, _imgaug_table(kind, fixed)[x.numpy()])
+
+
+# --------------------------------------------------------------------------------------------
 # GaussianBlur against a numpy reference (cv2 kernel, imgaug kernel size, reflect-101)
 
 
@@ -104,7 +177,7 @@ def test_max_blur_kernel_covers_every_sigma_in_range():
 def test_random_blur_equals_function_at_its_sampled_sigmas():
     x = _images(batch=6).astype(np.float32)
     seed = tf.constant([5, 6])
-    sigma = ph.sample_uniform(seed, [6], (0.0, 2.0))
+    sigma = params.sample(seed, [6], (0.0, 2.0))
     assert np.all((sigma >= 0) & (sigma < 2.0)) and np.ptp(sigma) > 0
     np.testing.assert_allclose(ph.GaussianBlur((0.0, 2.0))(x, seed),
                                ph.gaussian_blur(x, sigma, max_ksize=7), atol=1e-4)

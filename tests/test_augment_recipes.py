@@ -99,6 +99,7 @@ def compiled_recipes():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["student_net2", "original_net2", "original_net1", "none"])
 def test_recipe_compiles_under_xla_keeps_dtype_shape_and_matches_eager(name, compiled_recipes):
     recipe, xla = compiled_recipes[name]
@@ -213,6 +214,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_layer_gives_each_replica_its_own_parameters_under_mirrored_strategy():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
@@ -228,26 +230,197 @@ def test_layer_gives_each_replica_its_own_parameters_under_mirrored_strategy():
 
 
 # --------------------------------------------------------------------------------------------
-# grid and bench entry points
-
-# The shared sample lies beside the checkout (../shared), in development and in CI.
-SAMPLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-sample")
+# original_net1 follows the authors' notebook
 
 
-@pytest.mark.skipif(not os.path.isdir(SAMPLE), reason="real data sample not available")
+def test_original_net1_is_the_notebook_recipe_with_a_constant_20_degree_rotation():
+    """TinyImageNet_Network_1.ipynb: ``iaa.SomeOf((0, None), [iaa.Affine(scale=(0.5, 1.5)),
+    iaa.Affine(rotate=20), iaa.CoarseDropout((0.0, 0.2), size_percent=(0.05, 0.07)),
+    iaa.AdditiveGaussianNoise(scale=0.05*255), iaa.CropAndPad(percent=(-0.25, 0.25))])``."""
+    recipe = augment.get_recipe("original_net1")
+    assert isinstance(recipe, SomeOf) and recipe.n == (0, None) and not recipe.random_order
+    scale, rotate, dropout, noise, crop = recipe.children
+    assert isinstance(scale, augment.Affine) and scale.scale == (0.5, 1.5)
+    assert isinstance(rotate, augment.Affine) and rotate.rotate == 20
+    assert rotate.scale == 1.0 and rotate.shear == 0.0 and rotate.translate_percent is None
+    assert isinstance(dropout, augment.CoarseDropout)
+    assert (dropout.p, dropout.size_percent, dropout.per_channel) == ((0.0, 0.2), (0.05, 0.07),
+                                                                      0.0)
+    assert isinstance(noise, augment.AdditiveGaussianNoise) and noise.scale == 0.05 * 255
+    assert isinstance(crop, augment.CropAndPad) and crop.percent == (-0.25, 0.25)
+    # imgaug reads a bare number as a constant: every image turns by exactly 20 degrees.
+    drawn = rotate.sample_params(tf.constant([3, 4]), 256)["rotate"].numpy()
+    np.testing.assert_array_equal(drawn, 20.0)
+    x = tf.constant(_images(batch=4, size=16))
+    by_hand = augment.geometry.affine(tf.cast(x, tf.float32), augment.geometry.affine_matrix(
+        1.0, 1.0, 0.0, 0.0, [20.0] * 4, 0.0, 16, 16))
+    np.testing.assert_array_equal(rotate(x, [9, 9]),
+                                  tf.cast(tf.clip_by_value(tf.round(by_hand), 0, 255), tf.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# a registered recipe trains through training.run
+
+
+@pytest.mark.slow
+def test_registered_recipe_trains_through_training_run(synthetic_build, tmp_path):
+    import training
+    from training import config as config_lib
+
+    traced = []
+
+    def mine():
+        def recipe(images, seed):
+            traced.append(tuple(images.shape))  # runs when the train step is traced
+            return Multiply((0.9, 1.1))(images, seed)
+        return recipe
+
+    augment.register_recipe("test_run_mine", mine, overwrite=True)
+    assert "test_run_mine" in augment.recipe_names()
+    assert "test_run_mine" not in augment.RECIPE_NAMES  # the built-ins stay the contract's
+    phase = config_lib.Phase(epochs=1, image_size=16, batch_size=16, augment="test_run_mine",
+                             plateau=False)
+    cfg = config_lib.RunConfig(data=synthetic_build, out=str(tmp_path / "run"), model="net2",
+                               width=0.0625, phases=(phase,), batch_size=16, steps_per_epoch=2,
+                               val_image_size=16, xla=False, progress=False)
+    summary = training.run(cfg)
+    assert summary["epochs"] == 1
+    assert traced and traced[0][1:] == (16, 16, 3), traced
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+
+
+# --------------------------------------------------------------------------------------------
+# the grid command and the benchmark
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _fake_tiny_imagenet(folder, classes=2, per_class=3, size=64):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        images = folder / "train" / f"n{c:08d}" / "images"
+        images.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"n{c:08d}_{i}.JPEG")
+    return str(folder)
+
+
+def _start_module(module, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _finish_module(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(
+        ("WARNING: All log", "I0000", "E0000", "W0000"))]
+    return proc.returncode, out, err, lines
+
+
+def _run_module(module, *args):
+    return _finish_module(_start_module(module, *args))
+
+
 def test_grid_writes_png_with_one_row_per_image(tmp_path):
     from PIL import Image
 
     from augment import grid
-    out = grid.make_grid(SAMPLE, "student_net2", str(tmp_path / "g.png"), n=3, repeats=2,
+    src = _fake_tiny_imagenet(tmp_path / "tin")
+    out = grid.make_grid(src, "student_net2", str(tmp_path / "g.png"), n=3, repeats=2,
                          seed=0, scale=1)
     with Image.open(out) as im:
         width, height = im.size
     assert width == 3 * (64 + 4) + 4 and height == 14 + 3 * (64 + 4) + 4
+    assert sorted(os.listdir(tmp_path)) == ["g.png", "tin"]
+
+
+def test_grid_on_the_real_sample(sample_dir, tmp_path):
+    from augment import grid
+    out = grid.make_grid(sample_dir, "original_net1", str(tmp_path / "g.png"), n=2, repeats=1,
+                         seed=0, scale=1)
+    assert os.path.getsize(out) > 0
+
+
+def test_grid_run_maps_bad_input_to_exit_2_with_one_line(tmp_path, capsys):
+    from augment import grid
+    src = _fake_tiny_imagenet(tmp_path / "tin")
+    missing = str(tmp_path / "nowhere")
+    cases = [((None, "none", "g.png"), "--src is required"),
+             ((missing, "none", "g.png"), missing),
+             ((src, "nope", "g.png"), "--recipe"),
+             ((src, "none", str(tmp_path / "no" / "g.png")), "--out")]
+    for (where, recipe, out), needle in cases:
+        assert grid.run(where, recipe, out, n=2, repeats=1, seed=0, scale=1) == 2, needle
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (needle, err)
+    assert grid.run(src, "none", str(tmp_path / "g.png"), n=0, repeats=1, seed=0, scale=1) == 2
+    assert "--n=0" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["tin"]
+
+
+@pytest.mark.slow
+def test_grid_command_exit_statuses_name_the_flag_or_path(tmp_path):
+    src = _fake_tiny_imagenet(tmp_path / "tin")
+    out = tmp_path / "grid.png"
+    missing = str(tmp_path / "nowhere")
+    cases = {  # name: (args, exit status, text the one stderr line must name)
+        "no --src": ((), 2, "--src is required"),
+        "missing --src path": (("--src", missing), 2, missing),
+        "bad flag value": (("--src", src, "--n=x"), 2, "--n"),
+        "works": (("--src", src, "--out", str(out), "--n", "2", "--repeats", "1", "--recipe",
+                   "none"), 0, None),
+    }
+    procs = {name: _start_module("augment.grid", *args) for name, (args, _, _) in cases.items()}
+    for name, proc in procs.items():
+        status, stdout, stderr, lines = _finish_module(proc)
+        _, want_status, needle = cases[name]
+        assert status == want_status, (name, stderr[-2000:])
+        if needle:
+            assert len(lines) == 1 and needle in lines[0], (name, lines)
+    assert stdout.strip().splitlines()[-1] == str(out) and out.stat().st_size > 0
+
+
+def test_grid_failure_while_writing_is_exit_1_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    from augment import grid
+    src = _fake_tiny_imagenet(tmp_path / "tin")
+
+    def disk_full(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"half a png")
+        raise OSError(28, "No space left on device", fp)
+
+    from PIL import Image
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    out = tmp_path / "g.png"
+    assert grid.run(src, "none", str(out), n=2, repeats=1, seed=0, scale=1) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["tin"]  # neither g.png nor g.png.partial
 
 
 def test_bench_measure_counts_images_per_second():
-    from augment import bench
+    from benchmarks import augment as bench
     images = tf.constant(_images(batch=4, size=8))
     result = bench.measure(Multiply((0.9, 1.1)), images, seconds=0.0, jit_compile=False)
     assert result["calls"] >= 3 and result["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_command_prints_machine_table_and_one_json_line():
+    bad = _start_module("benchmarks.augment", "--recipes", "nope", "--seconds", "0")
+    status, stdout, stderr, _ = _run_module(
+        "benchmarks.augment", "--batch", "4", "--size", "16", "--seconds", "0", "--recipes",
+        "none", "--ops=false", "--modes", "graph")
+    assert status == 0, stderr[-2000:]
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("machine: ") and "TensorFlow" in lines[0]
+    result = json.loads(lines[-1])
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["tensorflow"] == tf.__version__
+    assert [(r["name"], r["mode"]) for r in result["results"]] == [("none", "graph")]
+    assert result["results"][0]["images_per_s"] > 0
+    status, _, _, lines = _finish_module(bad)
+    assert status == 2 and len(lines) == 1 and "nope" in lines[0], lines

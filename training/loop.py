@@ -168,7 +168,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
       ``config.ConfigError``: bad settings.
     """
     manifest = manifest_lib.load_manifest(cfg.data)
-    config_lib.validate(cfg, recipe_names=augment.RECIPE_NAMES, model_names=models.NAMES)
+    config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
     num_train = manifest["splits"]["train"]["num_examples"]
     if "val" not in manifest["splits"]:
         raise RunError(f"{cfg.data}: no val split; training needs one")
