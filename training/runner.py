@@ -31,7 +31,7 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     """
     import augment  # pylint: disable=import-outside-toplevel
     import models  # pylint: disable=import-outside-toplevel
-    config_lib.validate(cfg, recipe_names=augment.RECIPE_NAMES, model_names=models.NAMES)
+    config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
     manifest = manifest_lib.load_manifest(cfg.data)
     manifest_lib.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
                                                         if s in manifest["splits"]))
