@@ -22,6 +22,23 @@ def manifest_path(build_dir: str) -> str:
     return os.path.join(build_dir, MANIFEST_NAME)
 
 
+class _LocalFiles:
+    """The subset of ``tf.io.gfile`` used here, for local paths without TensorFlow (the
+    converter's worker processes never import it)."""
+
+    isdir = staticmethod(os.path.isdir)
+    exists = staticmethod(os.path.exists)
+    GFile = staticmethod(open)
+
+
+def _filesystem(build_dir: str):
+    """``tf.io.gfile`` for URLs (``gs://``, ``s3://``, ``ram://``, ...), else plain ``os``."""
+    if "://" in str(build_dir):
+        import tensorflow as tf
+        return tf.io.gfile
+    return _LocalFiles
+
+
 def load_manifest(build_dir: str) -> dict:
     """Reads and sanity-checks ``<build_dir>/manifest.json``.
 
@@ -30,16 +47,17 @@ def load_manifest(build_dir: str) -> dict:
         or foreign folder), the manifest is not valid JSON, or its schema differs from
         :data:`features.SCHEMA_VERSION`.
     """
-    if not os.path.isdir(build_dir):
+    fs = _filesystem(build_dir)
+    if not fs.isdir(build_dir):
         raise BuildError(f"{build_dir}: no such build folder")
     path = manifest_path(build_dir)
-    if not os.path.isfile(path):
+    if not fs.exists(path) or fs.isdir(path):
         raise BuildError(
             f"{path}: missing; {build_dir} is not a finished build "
             "(run python -m tinyimagenet_tfrecords.build)")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        with fs.GFile(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise BuildError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
     version = manifest.get("schema_version")

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from training import fileio
 from training import reports
 from training import steps as steps_lib
 
@@ -96,7 +97,7 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
                          batch_size=batch_size, xla=xla, keep_outputs=True)
     rows = reports.per_class_accuracy(res["labels"], res["preds"], classes)
     worst = reports.worst_classes(rows, worst_k)
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)  # local or any tf.io.gfile URL
     files = {k: os.path.join(out_dir, v) for k, v in (
         ("json", "report.json"), ("text", "report.txt"), ("per_class", "per_class.csv"),
         ("worst_plot", "worst_classes.png"), ("misclassified", "misclassified.png"))}
@@ -139,7 +140,7 @@ def main(argv):
         sys.exit(f"evaluate: unexpected arguments {argv[1:]}")
     if not f.model or not f.data or not f.out:
         sys.exit("evaluate: --model, --data and --out are required")
-    if not os.path.isfile(f.model):
+    if not fileio.isfile(f.model):
         sys.exit(f"evaluate: {f.model}: no such model file")
     try:
         manifest = manifest_lib.load_manifest(f.data)
