@@ -66,8 +66,11 @@ flags.DEFINE_float("plateau_min_lr", 5e-7, "ReduceLROnPlateau minimum learning r
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
                   "compute precision")
 flags.DEFINE_bool("xla", True, "compile the per-replica train step with XLA")
-flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "default"],
-                  "auto: MirroredStrategy over several GPUs, else default")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "default", "multiworker"],
+                  "auto: MultiWorkerMirroredStrategy under a multi-worker TF_CONFIG, else "
+                  "MirroredStrategy over several GPUs, else default")
+flags.DEFINE_float("cluster_timeout", 300.0, "multi-worker: seconds to wait for every worker "
+                   "of TF_CONFIG to join (and for a silent worker before the others give up)")
 flags.DEFINE_integer("seed", 0, "base seed of initialisation, data order and augmentation")
 flags.DEFINE_bool("deterministic", False, "enable TF op determinism (exact resume/repeat)")
 flags.DEFINE_integer("checkpoint_every", 1, "checkpoint every N epochs (and at the end)")
@@ -86,7 +89,8 @@ _CONFIG_FLAGS = (
     "val_image_size", "eval_batch_size", "optimizer", "learning_rate", "epsilon",
     "lr_schedule", "plateau_factor", "plateau_patience", "plateau_min_lr", "precision", "xla",
     "strategy", "seed", "deterministic", "checkpoint_every", "keep_checkpoints",
-    "misclassified", "worst_classes", "make_synthetic_data", "progress", "stop_after_epoch")
+    "misclassified", "worst_classes", "make_synthetic_data", "progress", "stop_after_epoch",
+    "cluster_timeout")
 
 
 def build_config(f) -> "training.config.RunConfig":  # noqa: F821
@@ -107,8 +111,9 @@ def build_config(f) -> "training.config.RunConfig":  # noqa: F821
                                    batch_size=f.batch_size, augment=f.augment,
                                    plateau=f.plateau),)
     kwargs = {k: getattr(f, k) for k in _CONFIG_FLAGS}
-    kwargs["data"] = os.path.abspath(kwargs["data"])
-    kwargs["out"] = os.path.abspath(kwargs["out"])
+    from training import fileio
+    kwargs["data"] = fileio.abspath(kwargs["data"])  # URLs (gs://, ram://, ...) unchanged
+    kwargs["out"] = fileio.abspath(kwargs["out"])
     return config_lib.RunConfig(phases=phases, **kwargs)
 
 
@@ -141,6 +146,10 @@ def main(argv):
         summary = training.run(cfg, flags_text=flags_text)
     except (config_lib.ConfigError, manifest_lib.BuildError, training.RunError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except training.RunFailure as e:
+        print(f"train_main: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        sys.exit(1)
     print(f"done: {summary['epochs']} epochs, best val top-1 {summary['best_val_acc']:.4f}; "
           f"outputs in {FLAGS.out}")
 

@@ -22,11 +22,12 @@ from typing import Any
 SCHEDULES = ("constant", "triangular2")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "mirrored", "default")
+STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 
 # Keys that change nothing about the trained result: a resumed run may differ in these.
 RUNTIME_ONLY = ("stop_after_epoch", "progress", "make_synthetic_data", "steps_per_call",
-                "checkpoint_every", "keep_checkpoints", "eval_batch_size")
+                "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                "cluster_timeout")
 
 
 def setting(default: Any, help: str, *, runtime_only: bool = False) -> Any:
@@ -93,6 +94,9 @@ class RunConfig:
     make_synthetic_data: bool = False
     progress: bool = True
     stop_after_epoch: int = 0         # test hook: os._exit(3) after this epoch's checkpoint
+    cluster_timeout: float = setting(
+        300.0, "multi-worker: seconds to wait for every worker of TF_CONFIG to join (and for "
+        "a silent worker before the others give up)", runtime_only=True)
 
     @property
     def total_epochs(self) -> int:
@@ -183,6 +187,7 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(cfg.checkpoint_every >= 1, f"--checkpoint_every={cfg.checkpoint_every}: >= 1")
     need(cfg.keep_checkpoints >= 1, f"--keep_checkpoints={cfg.keep_checkpoints}: >= 1")
     need(0 <= cfg.seed < 2 ** 31, f"--seed={cfg.seed}: 0..2**31-1")
+    need(cfg.cluster_timeout > 0, f"--cluster_timeout={cfg.cluster_timeout}: must be > 0")
     need(cfg.misclassified >= 0, f"--misclassified={cfg.misclassified}: >= 0")
     for i, p in enumerate(cfg.phases, 1):
         where = f"phase {i}"

@@ -36,8 +36,11 @@ import augment
 import models
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
+from training import cluster as cluster_lib
 from training import config as config_lib
 from training import evaluate as evaluate_lib
+from training import fileio
+from training import multiworker
 from training import reports
 from training import schedules
 from training import steps as steps_lib
@@ -105,21 +108,20 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
       RunError: ``out`` is a file, or holds a ``config.json`` with other settings, or holds
         files but no ``config.json`` (not a run folder: nothing is overwritten).
     """
-    if os.path.exists(out) and not os.path.isdir(out):
+    if fileio.exists(out) and not fileio.isdir(out):
         raise RunError(f"--out={out} is a file, not a folder")
     path = os.path.join(out, CONFIG_NAME)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError:
-                raise RunError(f"{path}: not valid JSON; not a run folder of this program")
+    if fileio.isfile(path):
+        try:
+            old = json.loads(fileio.read_text(path))
+        except json.JSONDecodeError:
+            raise RunError(f"{path}: not valid JSON; not a run folder of this program")
         if old != fingerprint:
             diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise RunError(f"--out={out} holds another run (settings differ: {', '.join(diff)}); "
                            "use a new --out or the same flags to resume")
         return True
-    if os.path.isdir(out) and os.listdir(out):
+    if fileio.isdir(out) and fileio.listdir(out):
         raise RunError(f"--out={out} is not empty and holds no {CONFIG_NAME}; "
                        "refusing to write into it")
     return False
@@ -164,6 +166,10 @@ def _log(msg: str) -> None:
 def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
+    Under a multi-worker ``TF_CONFIG`` every worker calls this with the same ``cfg``; only
+    the chief writes ``cfg.out`` (see ``training.multiworker``), and a lost worker ends the
+    others with a ``RunFailure``.
+
     Args:
       cfg: the validated settings.
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
@@ -172,6 +178,12 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
       RunError: bad output folder. ``manifest.BuildError``: missing or unfinished data.
       ``config.ConfigError``: bad settings.
     """
+    cluster = cluster_lib.from_environment()
+    with cluster_lib.peer_failures(cluster):
+        return _run(cfg, cluster, flags_text=flags_text)
+
+
+def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
     manifest = manifest_lib.load_manifest(cfg.data)
     config_lib.validate(cfg, recipe_names=augment.RECIPE_NAMES, model_names=models.NAMES)
     num_train = manifest["splits"]["train"]["num_examples"]
@@ -181,19 +193,23 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     _setup_precision(cfg.precision)
-    strategy = strategy_lib.make_strategy(cfg.strategy)
+    strategy = strategy_lib.make_strategy(cluster_lib.strategy_name(cfg.strategy, cluster),
+                                          cluster=cluster, timeout_s=cfg.cluster_timeout)
+    chief = cluster_lib.is_chief(strategy)  # the only writer of cfg.out
     for i, p in enumerate(cfg.phases, 1):
         if p.batch_size % strategy.num_replicas_in_sync:
             raise RunError(f"phase {i}: global batch {p.batch_size} is not divisible by "
                            f"{strategy.num_replicas_in_sync} replicas")
     # Only now, with every input checked, is the output folder touched.
     fingerprint = cfg.fingerprint()
-    resuming = check_output_folder(cfg.out, fingerprint)
-    os.makedirs(cfg.out, exist_ok=True)
-    if not resuming:
-        reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
-    if flags_text:
-        reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
+    cluster_lib.check_same_settings(strategy, fingerprint)
+    if chief:
+        resuming = check_output_folder(cfg.out, fingerprint)
+        fileio.makedirs(cfg.out)
+        if not resuming:
+            reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
+        if flags_text:
+            reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
 
     _log(f"strategy: {strategy_lib.describe(strategy)}; XLA {'on' if cfg.xla else 'off'}; "
          f"precision {cfg.precision}")
@@ -208,17 +224,18 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state, plateau=plateau)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
-                                         max_to_keep=cfg.keep_checkpoints)
+    manager = multiworker.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
+                                            chief=chief, max_to_keep=cfg.keep_checkpoints)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         _log(f"resumed from {manager.latest_checkpoint} after epoch {int(state.epoch.numpy())}")
     history = state.get_history()
-    _write_history(cfg.out, history)
+    if chief:
+        _write_history(cfg.out, history)
 
     eval_step = steps_lib.make_eval_step(model, xla=cfg.xla)
     train_steps: dict[tuple, steps_lib.TrainStep] = {}
-    writer = tf.summary.create_file_writer(os.path.join(cfg.out, "tensorboard"))
+    writer = multiworker.summary_writer(os.path.join(cfg.out, "tensorboard"), chief=chief)
     best_path = os.path.join(cfg.out, "best.keras")
 
     for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
@@ -232,8 +249,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         n_steps = steps_per_epoch(cfg, phase, num_train)
         row = _train_epoch(cfg, strategy, step, optimizer, epoch=epoch, phase_idx=phase_idx,
                            phase=phase, n_steps=n_steps)
-        val = evaluate_lib.evaluate_split(model, cfg.data, image_size=cfg.val_image_size,
-                                          batch_size=cfg.eval_batch_size, eval_step=eval_step)
+        val = multiworker.evaluate_split(strategy, model, cfg.data, eval_step=eval_step,
+                                         image_size=cfg.val_image_size,
+                                         batch_size=cfg.eval_batch_size)
         row.update(val_loss=val["loss"] + steps_lib.regularization_loss(model),
                    val_acc=val["top1"], val_top5=val["top5"])
         row["seconds"] = time.perf_counter() - row.pop("_t0")
@@ -250,13 +268,15 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         _log(_epoch_line(row, cfg.total_epochs))
         if row["val_acc"] > float(state.best_val_acc.numpy()):
             state.best_val_acc.assign(row["val_acc"])
-            _save_model_atomic(model, best_path)
+            if chief:
+                _save_model_atomic(model, best_path)
         state.epoch.assign(epoch + 1)
         state.phase.assign(phase_idx)
         state.history.assign(json.dumps(history))
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.total_epochs:
             manager.save(checkpoint_number=epoch + 1)
-        _write_history(cfg.out, history)
+        if chief:
+            _write_history(cfg.out, history)
         _summaries(writer, row)
         if cfg.stop_after_epoch and epoch + 1 == cfg.stop_after_epoch:
             _log(f"--stop_after_epoch={cfg.stop_after_epoch}: exiting abruptly (test hook)")
@@ -269,7 +289,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                "replicas": strategy.num_replicas_in_sync,
                "xla_compiled": {"/".join(map(str, sig)): xla_compiled(s)
                                 for sig, s in train_steps.items()}}
-    if os.path.isfile(best_path):
+    if not chief:
+        return summary
+    if fileio.isfile(best_path):
         best = evaluate_lib.load_model(best_path)
         report = evaluate_lib.write_report(
             best, cfg.data, os.path.join(cfg.out, "eval"), manifest=manifest,
@@ -285,9 +307,11 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_steps) -> dict:
     """Runs one epoch of ``n_steps`` on a pipeline seeded for this epoch; returns its row."""
     t0 = time.perf_counter()
-    input_fn = pipeline.make_input_fn(
-        cfg.data, "train", global_batch_size=phase.batch_size, image_size=phase.image_size,
-        training=True, seed=epoch_seed(cfg.seed, epoch), deterministic=True)
+    # Replica r reads part r of the shards, wherever it runs (training.multiworker).
+    input_fn = multiworker.per_replica_input_fn(lambda parts, part: pipeline.make_dataset(
+        cfg.data, "train", batch_size=phase.batch_size // parts, image_size=phase.image_size,
+        training=True, seed=epoch_seed(cfg.seed, epoch), deterministic=True,
+        num_input_pipelines=parts, input_pipeline_id=part))
     dataset = strategy.distribute_datasets_from_function(input_fn)
     iterator = iter(dataset)
     lr_now = _current_lr(optimizer)
@@ -362,4 +386,4 @@ def _save_model_atomic(model: keras.Model, path: str) -> None:
     """``model.save`` to a temporary ``.keras`` next to ``path``, then ``os.replace``."""
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     model.save(tmp)
-    os.replace(tmp, path)
+    fileio.replace(tmp, path)
