@@ -170,7 +170,7 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
 
     what = (f"worker {cluster.worker_id} ({cluster.address}) could not reach all "
             f"{cluster.num_workers} workers of {ENV} within {timeout_s:g} s")
-    timer = _watchdog(timeout_s + 15, what)
+    timer = _watchdog(timeout_s + 5, what)
     try:
         jobs = [coordination_config_pb2.CoordinatedJob(name="chief", num_tasks=1)] \
             if cluster.has_chief_job else []
@@ -197,8 +197,11 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
 def _barrier(strategy) -> None:
     """One all-reduce over every replica: returns once all workers are up."""
     import tensorflow as tf
-    out = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
-                          axis=None)
+    @tf.function
+    def count_replicas():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               strategy.run(lambda: tf.constant(1.0)), axis=None)
+    out = count_replicas()
     if int(out.numpy()) != strategy.num_replicas_in_sync:
         raise RunFailure(f"barrier over {strategy.num_replicas_in_sync} replicas returned "
                          f"{float(out.numpy())}")

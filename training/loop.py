@@ -220,9 +220,11 @@ def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
             set_bn_momentum(model, cfg.bn_momentum)
         optimizer = make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
-        state = TrainState()
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
+    # Loop bookkeeping is per process, not mirrored: MultiWorkerMirroredStrategy cannot
+    # broadcast the string history to the other workers (every worker computes the same one).
+    state = TrainState()
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state, plateau=plateau)
     manager = multiworker.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
                                             chief=chief, max_to_keep=cfg.keep_checkpoints)

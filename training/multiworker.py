@@ -4,9 +4,10 @@
   replica id (:func:`per_replica_input_fn`), so what replica ``r`` trains on does not depend on
   how the replicas are spread over hosts: two GPUs in one host and one GPU in each of two
   hosts train on the same batches with the same augmentation seeds.
-* Validation: each worker evaluates its part of the split and the totals are summed across
-  workers, so the split is evaluated once per epoch, not once per worker, and every worker
-  gets the same numbers (the plateau schedule and best-model choice agree everywhere).
+* Validation: each worker evaluates its part of the split with the chief's BatchNorm
+  statistics and the totals are summed across workers, so the split is evaluated once per
+  epoch, not once per worker, and every worker gets the same numbers (the plateau schedule
+  and best-model choice agree everywhere) — the same numbers as a one-host run.
 * Checkpoints: every worker must take part in a save (reading distributed variables can need
   collectives), but only the chief's lands in the run folder; the others save into a local
   temporary folder that is deleted at once. Everyone restores the chief's latest checkpoint.
@@ -81,6 +82,7 @@ def evaluate_split(strategy, model, build_dir: str, *, eval_step, split: str = "
         return evaluate_lib.evaluate_split(model, build_dir, split=split, image_size=image_size,
                                            batch_size=batch_size, eval_step=eval_step)
     from tinyimagenet_tfrecords import pipeline
+    broadcast_from_chief(strategy, model.non_trainable_variables)
     ds = pipeline.make_dataset(build_dir, split, batch_size=batch_size, image_size=image_size,
                                training=False, num_input_pipelines=n,
                                input_pipeline_id=cluster_lib.worker_id(strategy))
@@ -92,6 +94,28 @@ def evaluate_split(strategy, model, build_dir: str, *, eval_step, split: str = "
     count = max(totals[3], 1.0)
     return {"loss": totals[0] / count, "top1": totals[1] / count, "top5": totals[2] / count,
             "count": int(totals[3])}
+
+
+def broadcast_from_chief(strategy, variables) -> None:
+    """Sets ``variables`` on every worker to the chief's values (one all-reduce).
+
+    BatchNormalization's moving statistics are updated inside each replica's step from its
+    own batches, so every replica holds its own; the checkpoint and ``best.keras`` keep the
+    first replica's (the chief's). Evaluating with those everywhere makes the shared
+    validation equal to a one-host run's and unchanged by a resume.
+    """
+    variables = list(variables)
+    if cluster_lib.num_workers(strategy) == 1 or not variables:
+        return
+    values = [np.asarray(v.numpy()) for v in variables]
+    flat = np.concatenate([x.astype(np.float64).ravel() for x in values])
+    if cluster_lib.worker_id(strategy) != 0:
+        flat = np.zeros_like(flat)
+    flat = allreduce_sum(strategy, flat)
+    start = 0
+    for v, x in zip(variables, values):
+        v.assign(flat[start:start + x.size].reshape(x.shape).astype(x.dtype))
+        start += x.size
 
 
 class CheckpointManager:

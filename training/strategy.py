@@ -60,5 +60,10 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         devices = tuple(strategy.extended.worker_devices)
     except RuntimeError:  # the default strategy has no device list
         devices = ("default device",)
-    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s): "
-            + ", ".join(devices))
+    name = type(strategy).__name__
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from training import cluster as cluster_lib
+        n, i = cluster_lib.num_workers(strategy), cluster_lib.worker_id(strategy)
+        name = (f"MultiWorkerMirroredStrategy (worker {i} of {n}"
+                f"{', the chief' if i == 0 else ''})")
+    return (f"{name} with {strategy.num_replicas_in_sync} replica(s): " + ", ".join(devices))
