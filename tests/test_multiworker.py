@@ -304,3 +304,18 @@ def test_bad_tf_config_and_an_indivisible_batch_fail_before_training_with_exit_2
             assert "global batch 15 is not divisible by 2 replicas" in \
                 err.strip().splitlines()[-1]
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_workers_started_with_different_flags_all_stop_with_exit_2(synthetic_build, tmp_path):
+    out = tmp_path / "run"
+    args = [f"--data={synthetic_build}", f"--out={out}", *ARGS]
+    with _processes() as procs:
+        started = _workers(procs, 2, lambda i: args + [f"--learning_rate={1e-3 * (i + 1)}"],
+                           tmp_path, "differ")
+        for p, _ in started:
+            rc, err = _finish(p, 120)
+            assert rc == 2, err[-3000:]
+            assert "the 2 workers were started with different settings" in \
+                err.strip().splitlines()[-1]
+    assert not out.exists()
