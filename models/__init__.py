@@ -9,7 +9,8 @@ a float32 softmax ``[B, num_classes]`` under any Keras dtype policy. Importing t
 registers ``SpaceToDepth``, so ``keras.saving.load_model("x.keras")`` needs no
 ``custom_objects``.
 
-This package imports only TensorFlow and Keras.
+This package imports Keras only, never TensorFlow: the networks build and train on any Keras 3
+backend (TensorFlow, JAX, PyTorch).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ this module, which registers the class).
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 # The package name under which our layers are registered ("tinyimagenet_densenet>SpaceToDepth"
 # in the saved config). Changing it breaks loading of models saved before the change.
@@ -22,11 +22,11 @@ class SpaceToDepth(keras.layers.Layer):
 
     ``[B, H, W, C] -> [B, H/b, W/b, b*b*C]`` with the same channel order as
     ``tf.nn.space_to_depth`` (channel index ``(dy*b + dx)*C + c``), which is what the original
-    Network 1 used, so weights stay interchangeable. It is written as reshape + transpose
-    rather than calling the ``SpaceToDepth`` kernel so that it runs for every dtype
-    (float16/bfloat16 under mixed precision) on every device, with or without XLA, and with
-    unknown ``H``/``W`` (Network 1 is trained at several input sizes with one model).
-    No parameters.
+    Network 1 used, so weights stay interchangeable. It is written as ``keras.ops`` reshape +
+    transpose rather than calling TensorFlow's kernel so that it runs on every Keras backend
+    (TensorFlow, JAX, PyTorch), for every dtype (float16/bfloat16 under mixed precision), with
+    or without XLA, and with unknown ``H``/``W`` (Network 1 is trained at several input sizes
+    with one model). No parameters.
 
     Args:
         block_size: the spatial block edge ``b``; ``H`` and ``W`` must be divisible by it.
@@ -40,14 +40,12 @@ class SpaceToDepth(keras.layers.Layer):
 
     def call(self, inputs):
         b = self.block_size
-        shape = tf.shape(inputs)
-        batch, height, width = shape[0], shape[1], shape[2]
-        channels = inputs.shape[-1]
-        if channels is None:
-            channels = shape[3]
-        x = tf.reshape(inputs, [batch, height // b, b, width // b, b, channels])
-        x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
-        return tf.reshape(x, [batch, height // b, width // b, b * b * channels])
+        # Static sizes where known, dynamic scalars otherwise (TensorFlow graphs with
+        # unknown H/W); under JAX and PyTorch every size is static.
+        _, height, width, channels = ops.shape(inputs)
+        x = ops.reshape(inputs, (-1, height // b, b, width // b, b, channels))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, height // b, width // b, b * b * channels))
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape

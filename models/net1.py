@@ -1,6 +1,7 @@
 """Network 1 of Abai & Rajmalwar (2019): three 5-conv blocks joined by SpaceToDepth shortcuts.
 
-Layer by layer (``docs/networks.md``): every conv is 3x3 / stride 1 / ``same`` / no bias, then
+Layer by layer, as in the authors' ``TinyImageNet_Network_1.ipynb`` (GitHub
+``ZohebAbai/Tiny-ImageNet-Challenge``): every conv is 3x3 / stride 1 / ``same`` / no bias, then
 BatchNorm, then ReLU; no dropout and no L2.
 
 - block 1: 32, 64, 128, 256, 512 filters, 2x2 max-pool -> ``p1`` (H/2, 512 ch)

@@ -1,6 +1,7 @@
 """Network 2 of Abai & Rajmalwar (2019): a stem and three dense-style 4-conv blocks.
 
-Layer by layer (``docs/networks.md``): every conv is 3x3 / stride 1 / ``same`` with bias,
+Layer by layer, as in the authors' ``TinyImageNet_Network_2.ipynb`` (GitHub
+``ZohebAbai/Tiny-ImageNet-Challenge``): every conv is 3x3 / stride 1 / ``same`` with bias,
 ``VarianceScaling`` initialiser and an L2(2e-4) kernel regulariser, then BatchNorm, then ReLU.
 
 - stem: conv 32 -> ``s``

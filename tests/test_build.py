@@ -1,9 +1,9 @@
 """Tests of the converter: source reading/validation, build, zip, download, verify.
 
-The real sample (/work/shared/data/tiny-imagenet-sample, read in place) is built once per
-storage format per module; every image read back with the TF decoding the pipeline uses
-(``features.decode_image``: decode per IMAGE_FORMAT) must equal PIL's ``.convert("RGB")`` of
-the source, pixel for pixel. Bad inputs use tiny synthetic datasets in tmp dirs.
+Every mechanic is tested on tiny synthetic datasets generated in tmp dirs, read back with the
+pipeline's own decoder (``features.decode_image``) and compared with PIL's ``.convert("RGB")``
+of the source, pixel for pixel. The real sample (conftest's ``SAMPLE``: ``TIN_SAMPLE`` or
+``../shared``) is extra coverage, built once per storage format, and skips without it.
 """
 
 from __future__ import annotations
@@ -35,11 +35,9 @@ from tinyimagenet_tfrecords import manifest as manifest_lib  # noqa: E402
 from tinyimagenet_tfrecords import source  # noqa: E402
 from tinyimagenet_tfrecords import synthetic  # noqa: E402
 
+from conftest import SAMPLE, needs_sample  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tiny-imagenet-sample"))
-if not os.path.isdir(SAMPLE):
-    SAMPLE = "/work/shared/data/tiny-imagenet-sample"
-needs_sample = pytest.mark.skipif(not os.path.isdir(SAMPLE), reason="real sample not present")
 
 
 # --- Helpers ----------------------------------------------------------------------------------
@@ -55,16 +53,16 @@ def read_split(build_dir: str, split: str) -> list[dict]:
     key = (build_dir, split, manifest["created_utc"], tuple(
         s["sha256"] for s in manifest["splits"][split]["shards"]))
     if key not in _READ_CACHE:
-        _READ_CACHE[key] = [read_shard(p) for p in paths]
+        _READ_CACHE[key] = [read_shard(p, manifest["storage"]) for p in paths]
     return [e for shard in _READ_CACHE[key] for e in shard]
 
 
-def read_shard(path: str) -> list[dict]:
+def read_shard(path: str, storage: str) -> list[dict]:
 
     def parse(record):
         ex = tf.io.parse_single_example(record, features.PARSE_SPEC)
-        ex["pixels"] = features.decode_image(ex[features.IMAGE], ex[features.IMAGE_FORMAT],
-                                             ex[features.HEIGHT], ex[features.WIDTH])
+        ex["pixels"] = features.decode_image(ex[features.IMAGE], storage, ex[features.HEIGHT],
+                                             ex[features.WIDTH])
         return ex
 
     out = []
@@ -85,7 +83,13 @@ def source_truth(root: str) -> dict[str, dict]:
     label = {w: i for i, w in enumerate(wnids)}
     truth = {"train": {}, "val": {}, "test": {}}
     for wnid in wnids:
-        with open(os.path.join(root, "train", wnid, f"{wnid}_boxes.txt")) as f:
+        boxes = os.path.join(root, "train", wnid, f"{wnid}_boxes.txt")
+        if not os.path.exists(boxes):  # a class without boxes: every image, box absent
+            for path in glob.glob(os.path.join(root, "train", wnid, "images", "*.JPEG")):
+                truth["train"][os.path.basename(path)] = dict(
+                    label=label[wnid], wnid=wnid, bbox=(-1, -1, -1, -1), path=path)
+            continue
+        with open(boxes) as f:
             for line in f:
                 if line.strip():
                     name, *box = line.split()
@@ -160,70 +164,88 @@ def no_finished_output(out) -> bool:
     return not os.path.exists(str(out)) and not leftovers
 
 
-# --- Builds of the real sample ----------------------------------------------------------------
+# --- Whole builds: generated data always, the real sample when present ------------------------
 
 
 @pytest.fixture(scope="module")
-def sample_builds(tmp_path_factory):
-    if not os.path.isdir(SAMPLE):
-        pytest.skip("real sample not present")
-    root = tmp_path_factory.mktemp("sample_builds")
-    out = {}
+def synthetic_builds(tmp_path_factory):
+    """A generated 10-class copy (with grayscale JPEGs) built in both storages, default shards."""
+    root = tmp_path_factory.mktemp("synthetic_builds")
+    src = synthetic.make_synthetic_dataset(str(root / "src"), num_classes=10,
+                                           train_per_class=200, num_val=30, num_test=5,
+                                           image_size=16, workers=1)
+    out = {"src": src}
     for storage, workers in (("jpeg", 2), ("raw", 1)):
         out[storage] = str(root / storage)
-        build.build_dataset(SAMPLE, out[storage], storage=storage, workers=workers,
+        build.build_dataset(src, out[storage], storage=storage, workers=workers,
                             progress=False)
     return out
 
 
-@needs_sample
+@pytest.fixture(scope="module")
+def sample_builds(sample_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample_builds")
+    out = {"src": sample_dir}
+    for storage, workers in (("jpeg", 2), ("raw", 1)):
+        out[storage] = str(root / storage)
+        build.build_dataset(sample_dir, out[storage], storage=storage, workers=workers,
+                            progress=False)
+    return out
+
+
+@pytest.fixture(params=["synthetic", pytest.param("sample", marks=needs_sample)])
+def builds(request):
+    """Both storages' builds of one copy: generated (always) or the real sample (if present)."""
+    return request.getfixturevalue(f"{request.param}_builds")
+
+
 @pytest.mark.parametrize("storage", ["jpeg", "raw"])
-def test_every_sample_image_reads_back_as_source_rgb(sample_builds, storage):
-    assert_build_equals_source(sample_builds[storage], SAMPLE)
+def test_every_image_reads_back_as_source_rgb(builds, storage):
+    assert_build_equals_source(builds[storage], builds["src"])
 
 
-@needs_sample
-def test_sample_grayscale_images_come_back_with_three_channels(sample_builds):
+def test_grayscale_images_come_back_with_three_channels(builds):
     gray = set()
-    for path in glob.glob(os.path.join(SAMPLE, "train", "*", "images", "*")):
+    for path in glob.glob(os.path.join(builds["src"], "train", "*", "images", "*")):
         with Image.open(path) as im:
             if im.mode == "L":
                 gray.add(os.path.basename(path))
-    assert len(gray) == 68
+    assert gray
     for storage in ("jpeg", "raw"):
-        got = [e for e in read_split(sample_builds[storage], "train") if e["filename"] in gray]
-        assert len(got) == 68
+        got = [e for e in read_split(builds[storage], "train") if e["filename"] in gray]
+        assert len(got) == len(gray)
         for e in got:
             assert e["pixels"].shape[-1] == 3
             assert (e["pixels"][..., 0] == e["pixels"][..., 2]).all()
 
 
-@needs_sample
-def test_jpeg_storage_keeps_original_bytes(sample_builds):
-    truth = source_truth(SAMPLE)
-    for e in read_split(sample_builds["jpeg"], "val"):
+def test_jpeg_storage_keeps_original_bytes(builds):
+    truth = source_truth(builds["src"])
+    for e in read_split(builds["jpeg"], "val"):
         with open(truth["val"][e["filename"]]["path"], "rb") as f:
             assert e["encoded"] == f.read()
         assert e["format"] == "jpeg"
 
 
-@needs_sample
-def test_manifest_describes_sample_build(sample_builds):
-    m = manifest_lib.load_manifest(sample_builds["raw"])
-    with open(os.path.join(SAMPLE, "wnids.txt")) as f:
+def test_manifest_describes_the_build(builds):
+    m = manifest_lib.load_manifest(builds["raw"])
+    with open(os.path.join(builds["src"], "wnids.txt")) as f:
         wnids = sorted(line.strip() for line in f if line.strip())
+    with open(os.path.join(builds["src"], "words.txt")) as f:
+        names = dict(line.rstrip("\n").split("\t", 1) for line in f if line.strip())
     assert m["num_classes"] == len(wnids) == 10
     assert [c["wnid"] for c in m["classes"]] == wnids
     assert [c["label"] for c in m["classes"]] == list(range(10))
-    assert m["classes"][0]["name"] == "brain coral"  # words.txt: n01917289
-    assert m["storage"] == "raw"
+    assert [c["name"] for c in m["classes"]] == [names[w] for w in wnids]
+    assert m["storage"] == "raw" and m["classes_without_boxes"] == []
     for split in ("train", "val", "test"):
         shards = m["splits"][split]["shards"]
         assert sum(s["num_examples"] for s in shards) == m["splits"][split]["num_examples"]
         for s in shards:
-            path = os.path.join(sample_builds["raw"], s["file"])
+            path = os.path.join(builds["raw"], s["file"])
             with open(path, "rb") as f:
-                assert hashlib.sha256(f.read()).hexdigest() == s["sha256"]
+                data = f.read()
+            assert hashlib.sha256(data).hexdigest() == s["sha256"] and len(data) == s["bytes"]
     assert [s["file"] for s in m["splits"]["train"]["shards"]] == [
         f"train-{i:05d}-of-00016.tfrecord" for i in range(16)]
     assert m["splits"]["test"]["per_class"] == {}
@@ -231,9 +253,14 @@ def test_manifest_describes_sample_build(sample_builds):
 
 
 @needs_sample
-def test_every_train_shard_mixes_all_classes(sample_builds):
-    m = manifest_lib.load_manifest(sample_builds["jpeg"])
-    examples = read_split(sample_builds["jpeg"], "train")
+def test_real_sample_class_names_come_from_words_txt(sample_builds):
+    m = manifest_lib.load_manifest(sample_builds["raw"])
+    assert m["classes"][0]["name"] == "brain coral"  # words.txt: n01917289
+
+
+def test_every_train_shard_mixes_all_classes(builds):
+    m = manifest_lib.load_manifest(builds["jpeg"])
+    examples = read_split(builds["jpeg"], "train")
     labels_in_order = [e["label"] for e in examples]
     start = 0
     for shard in m["splits"]["train"]["shards"]:
@@ -497,7 +524,7 @@ def test_class_emptied_by_skip_corrupt_is_refused(tmp_path):
     assert no_finished_output(tmp_path / "out")
 
 
-def test_cli_refuses_bad_input_with_one_line_and_status_1(tmp_path):
+def test_cli_refuses_bad_input_with_one_line_and_status_2(tmp_path):
     src = tiny_dataset(tmp_path)
     ann = os.path.join(src, "val", "val_annotations.txt")
     _append_line(ann, "val_0.JPEG\tn00000000\t0\t0\t1\t1")
@@ -506,7 +533,7 @@ def test_cli_refuses_bad_input_with_one_line_and_status_1(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tinyimagenet_tfrecords.build", f"--src={src}", f"--out={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert f"val_annotations.txt:{line}:" in lines[0] and "n00000000" in lines[0]
@@ -604,10 +631,8 @@ def make_zip(root: str, zip_path: str, prefix: str = "tiny-imagenet-200/") -> st
 
 
 @pytest.fixture(scope="module")
-def sample_zip(tmp_path_factory):
-    if not os.path.isdir(SAMPLE):
-        pytest.skip("real sample not present")
-    return make_zip(SAMPLE, str(tmp_path_factory.mktemp("zip") / "tiny-imagenet-200.zip"))
+def sample_zip(sample_dir, tmp_path_factory):
+    return make_zip(sample_dir, str(tmp_path_factory.mktemp("zip") / "tiny-imagenet-200.zip"))
 
 
 def shard_shas(manifest) -> dict:
@@ -838,3 +863,332 @@ def test_synthetic_cli_writes_the_real_layout_with_grayscale_images(tmp_path):
     modes = [Image.open(t["path"]).mode for t in truth["train"].values()]
     assert 0 < modes.count("L") < 20 and modes.count("RGB") + modes.count("L") == 200
     assert {Image.open(t["path"]).size for t in truth["val"].values()} == {(24, 24)}
+
+
+# --- Copies people actually have: classes without box files --------------------------------
+
+
+def test_class_without_box_file_builds_with_absent_boxes_listed_and_named_once(tmp_path,
+                                                                               capsys):
+    src = tiny_dataset(tmp_path, num_classes=4)
+    w1, w3 = synthetic.synthetic_wnid(1), synthetic.synthetic_wnid(3)
+    for w in (w1, w3):
+        os.remove(os.path.join(src, "train", w, f"{w}_boxes.txt"))
+    out = tmp_path / "out"
+    manifest = build_quiet(src, out)
+    assert manifest["classes_without_boxes"] == [w1, w3]
+    assert manifest["num_classes"] == 4
+    assert_build_equals_source(str(out), src)  # boxes of w1/w3 are (-1, -1, -1, -1)
+    boxes = {e["wnid"]: e["bbox"] for e in read_split(str(out), "train")}
+    assert boxes[w1] == boxes[w3] == features.NO_BBOX and boxes[synthetic.synthetic_wnid(0)] != \
+        features.NO_BBOX
+    err = capsys.readouterr().err
+    assert err.count("no bounding-box file") == 1 and w1 in err and w3 in err
+
+
+def test_malformed_box_file_or_box_for_unknown_image_is_still_refused_with_line(tmp_path):
+    src = tiny_dataset(tmp_path)
+    w0 = synthetic.synthetic_wnid(0)
+    boxes = os.path.join(src, "train", w0, f"{w0}_boxes.txt")
+    original = open(boxes).read()
+    _append_line(boxes, f"{w0}_0.JPEG\t1\t2\tthree")
+    with pytest.raises(source.SourceError, match=rf"{w0}_boxes.txt:5: expected"):
+        build_quiet(src, tmp_path / "out")
+    with open(boxes, "w") as f:
+        f.write(original)
+    _append_line(boxes, f"{w0}_99.JPEG\t1\t2\t3\t4")
+    with pytest.raises(source.SourceError, match=rf"{w0}_boxes.txt:5: box for {w0}_99.JPEG"):
+        build_quiet(src, tmp_path / "out")
+    assert no_finished_output(tmp_path / "out")
+
+
+# --- Damaged zips -------------------------------------------------------------------------------
+
+
+def _corrupt_member(zip_path: str, member_suffix: str) -> str:
+    """Flips one byte of a stored member's data (its CRC no longer matches); returns its name."""
+    with zipfile.ZipFile(zip_path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(member_suffix))
+    with open(zip_path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), "<u2")
+        f.seek(info.header_offset + 30 + int(name_len) + int(extra_len) + info.compress_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return info.filename
+
+
+def _stored_zip(src, path) -> str:
+    """A zip of ``src`` with stored (uncompressed) members: a flipped byte is a CRC error."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for dirpath, _, names in sorted(os.walk(src)):
+            for name in sorted(names):
+                full = os.path.join(dirpath, name)
+                zf.write(full, "tiny-imagenet-200/" + os.path.relpath(full, src))
+    return path
+
+
+def test_zip_member_with_bad_crc_ends_in_one_line_naming_it_and_skip_corrupt_skips_it(tmp_path):
+    src = tiny_dataset(tmp_path, train_per_class=6)
+    w1 = synthetic.synthetic_wnid(1)
+    zip_path = _stored_zip(src, str(tmp_path / "tin.zip"))
+    member = _corrupt_member(zip_path, f"{w1}_2.JPEG")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyimagenet_tfrecords.build", f"--src={zip_path}",
+         f"--out={out}", "--workers=2", "--train_shards=2", "--noprogress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert member in lines[0] and "corrupt zip member" in lines[0]
+    assert no_finished_output(out)
+    manifest = build_quiet(zip_path, out, skip_corrupt=True, workers=2)
+    assert [s["file"] for s in manifest["skipped"]] == [f"train/{w1}/images/{w1}_2.JPEG"]
+    assert manifest["splits"]["train"]["per_class"][w1] == 5
+
+
+def test_truncated_zip_says_corrupt_or_incomplete(tmp_path):
+    src = tiny_dataset(tmp_path)
+    zip_path = make_zip(src, str(tmp_path / "tin.zip"))
+    data = open(zip_path, "rb").read()
+    with open(zip_path, "wb") as f:
+        f.write(data[: len(data) * 2 // 3])
+    with pytest.raises(source.SourceError, match="tin.zip: corrupt or incomplete zip"):
+        build_quiet(zip_path, tmp_path / "out")
+
+
+# --- File-system errors, permissions ------------------------------------------------------------
+
+
+def test_no_space_left_names_the_shard_the_size_needed_and_jpeg_storage(tmp_path, monkeypatch):
+    src = tiny_dataset(tmp_path)
+
+    def full(self, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build._ShardWriter, "write", full)
+    out = tmp_path / "out"
+    with pytest.raises(build.WriteError) as info:
+        build_quiet(src, out, storage="raw")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert ".tfrecord: cannot write the build (No space left on device)" in message
+    assert "needs about" in message and "--storage jpeg needs about" in message
+    assert build.exit_status(info.value) == 1
+    assert no_finished_output(out)
+
+
+def test_read_only_output_folder_names_the_path(tmp_path, monkeypatch):
+    src = tiny_dataset(tmp_path)
+    parent = tmp_path / "ro"
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(build.tempfile, "mkdtemp", read_only)
+    with pytest.raises(build.WriteError, match=rf"{parent}: cannot write the build "
+                                               r"\(Read-only file system\)"):
+        build_quiet(src, parent / "out")
+
+
+def test_build_folder_and_files_follow_the_umask(tmp_path):
+    src = tiny_dataset(tmp_path)
+    old = os.umask(0o022)
+    try:
+        build_quiet(src, tmp_path / "out")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
+
+
+# --- Cheap checks for training: shard sizes, the corrupt shard ----------------------------------
+
+
+def test_check_shards_names_a_missing_or_short_shard_and_old_builds_check_existence(tiny_build):
+    m = manifest_lib.load_manifest(str(tiny_build))
+    shard = tiny_build / "train-00001-of-00002.tfrecord"
+    assert m["splits"]["train"]["shards"][1]["bytes"] == shard.stat().st_size
+    manifest_lib.check_shards(str(tiny_build), m, ["train", "val"])
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-7])
+    with pytest.raises(manifest_lib.BuildError,
+                       match=rf"{shard}: {len(data) - 7} bytes, .*says {len(data)}"):
+        manifest_lib.check_shards(str(tiny_build), m, ["train"])
+    for s in m["splits"]["train"]["shards"]:
+        del s["bytes"]  # a build made before sizes were recorded: existence only
+    manifest_lib.check_shards(str(tiny_build), m, ["train"])
+    shard.unlink()
+    with pytest.raises(manifest_lib.BuildError, match=rf"{shard}: missing shard"):
+        manifest_lib.check_shards(str(tiny_build), m, ["train"])
+    with pytest.raises(manifest_lib.BuildError, match="split 'test2' not built"):
+        manifest_lib.check_shards(str(tiny_build), m, ["test2"])
+
+
+def test_find_corrupt_shards_names_the_shard_behind_a_data_loss_error(tiny_build):
+    assert verify.find_corrupt_shards(str(tiny_build), "train") == []
+    shard = tiny_build / "train-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    m = manifest_lib.load_manifest(str(tiny_build))
+    with pytest.raises(tf.errors.DataLossError):  # what training sees: no file named
+        for _ in tf.data.TFRecordDataset(manifest_lib.shard_paths(str(tiny_build), m, "train")):
+            pass
+    found = verify.find_corrupt_shards(str(tiny_build), "train")
+    assert [p for p, _ in found] == [str(shard)]
+    assert "corrupted record" in found[0][1]
+
+
+# --- One decoder for verify and the pipeline ----------------------------------------------------
+
+
+def test_verify_and_the_pipeline_decode_with_the_same_function(tmp_path, monkeypatch):
+    from tinyimagenet_tfrecords import pipeline
+    assert pipeline.decode_image is features.decode_image
+    src = tiny_dataset(tmp_path)
+    w0 = synthetic.synthetic_wnid(0)
+    _replace_image(src, f"train/{w0}/images/{w0}_0.JPEG",
+                   lambda a: _encoded(Image.fromarray(a).convert("P"), "PNG"))
+    out = tmp_path / "out"
+    build_quiet(src, out, storage="jpeg")
+    calls = []
+    real = features.decode_image
+
+    def spy(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "decode_image", spy)
+    verify.verify_build(str(out))
+    assert calls and set(calls) == {"jpeg"}  # traced per shard, with the build's storage
+    # Pixel for pixel, what verify decoded is what the pipeline yields.
+    verified = {e["filename"]: e["pixels"] for e in read_split(str(out), "train")}
+    monkeypatch.setattr(features, "decode_image", real)
+    x, _ = next(iter(pipeline.make_dataset(str(out), "train", batch_size=100, image_size=16,
+                                           training=False)))
+    got = sorted(a.tobytes() for a in x.numpy())
+    assert got == sorted(a.tobytes() for a in verified.values())
+
+
+# --- Builds on tf.io.gfile storage -------------------------------------------------------------
+
+
+def test_build_to_a_gfile_url_verifies_and_reads_in_the_pipeline(tmp_path):
+    from tinyimagenet_tfrecords import pipeline
+    src = tiny_dataset(tmp_path)
+    url = f"ram://{tmp_path.name}/build"
+    manifest = build_quiet(src, url, storage="raw", download_dir=str(tmp_path))
+    assert manifest_lib.load_manifest(url) == manifest
+    assert verify.verify_build(url) == {"train": 12, "val": 6, "test": 3}
+    manifest_lib.check_shards(url, manifest, ["train", "val", "test"])
+    x, _ = next(iter(pipeline.make_dataset(url, "val", batch_size=6, image_size=16)))
+    assert x.shape == (6, 16, 16, 3)
+    assert verify.run(url) == 0
+    assert build_quiet(src, url, storage="raw", download_dir=str(tmp_path)) == manifest  # again
+    assert os.listdir(tmp_path) == [os.path.basename(src)]  # the local copy is gone
+
+
+def test_interrupted_copy_to_a_url_leaves_no_manifest_and_no_shards(tmp_path, monkeypatch):
+    src = tiny_dataset(tmp_path)
+    url = f"ram://{tmp_path.name}/build"
+    real_copy = tf.io.gfile.copy
+    copies = []
+
+    def flaky(a, b, overwrite=False):
+        copies.append(b)
+        if len(copies) == 3:
+            raise tf.errors.UnavailableError(None, None, "connection reset")
+        return real_copy(a, b, overwrite=overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", flaky)
+    with pytest.raises(build.WriteError, match=rf"{url}: cannot copy the build there"):
+        build_quiet(src, url, download_dir=str(tmp_path))
+    assert not tf.io.gfile.exists(manifest_lib.manifest_path(url))
+    assert [n for n in tf.io.gfile.listdir(url) if n.endswith(".tfrecord")] == []
+    with pytest.raises(manifest_lib.BuildError, match="not a finished build"):
+        manifest_lib.load_manifest(url)
+
+
+def test_converter_modules_never_import_tensorflow():
+    code = ("import sys; import tinyimagenet_tfrecords.build, tinyimagenet_tfrecords.source, "
+            "tinyimagenet_tfrecords.features, tinyimagenet_tfrecords.manifest, "
+            "tinyimagenet_tfrecords.sample, tinyimagenet_tfrecords.synthetic; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- Command lines: --help lists the flags, exit 2 for bad input -------------------------------
+
+
+@pytest.mark.parametrize("module, flags_expected", [
+    ("tinyimagenet_tfrecords.build", ["--src", "--out", "--storage", "--[no]skip_corrupt"]),
+    ("tinyimagenet_tfrecords.verify", ["--[no]decode"]),
+])
+def test_console_script_help_lists_the_flags(tmp_path, module, flags_expected):
+    # What pip writes for a console_scripts entry point (tin-build, tin-verify).
+    wrapper = tmp_path / ("tin-" + module.rsplit(".", 1)[1])
+    wrapper.write_text(f"import re, sys\nfrom {module} import cli\n"
+                       "if __name__ == '__main__':\n"
+                       "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+                       "    sys.exit(cli())\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for cmd in ([sys.executable, str(wrapper), "--help"],
+                [sys.executable, "-m", module, "--help"]):
+        proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                              timeout=120)
+        for flag in flags_expected:
+            assert flag in proc.stdout, (cmd, proc.stdout)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["-m", "tinyimagenet_tfrecords.build", "--out=x"], "--src"),
+    (["-m", "tinyimagenet_tfrecords.build", "--src=/no/such/src", "--out=x"], "/no/such/src"),
+    (["-m", "tinyimagenet_tfrecords.verify", "/no/such/build"], "/no/such/build"),
+    (["-m", "tinyimagenet_tfrecords.verify"], "usage"),
+    (["-m", "tinyimagenet_tfrecords.synthetic", "--dest=x", "--num_classes=0"], "num_classes"),
+    (["-m", "tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
+    (["-m", "benchmarks.build", "--storage=png"], "png"),
+])
+def test_each_tool_exits_2_with_one_line_on_bad_input(tmp_path, args, expected):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, *args], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if ": error:" in line]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+
+
+# --- A real sample from the official zip --------------------------------------------------------
+
+
+def test_sample_command_extracts_classes_val_and_test_from_a_zip(tmp_path):
+    from tinyimagenet_tfrecords import sample
+    src = tiny_dataset(tmp_path, num_classes=5, train_per_class=3, num_val=10, num_test=6)
+    zip_path = make_zip(src, str(tmp_path / "tiny-imagenet-200.zip"))
+    out = tmp_path / "sample"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyimagenet_tfrecords.sample", f"--src={zip_path}",
+         f"--out={out}", "--classes=2", "--test_images=4"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    wnids = [synthetic.synthetic_wnid(i) for i in range(2)]
+    truth = source_truth(str(out))
+    assert {k: len(v) for k, v in truth.items()} == {"train": 6, "val": 4, "test": 4}
+    assert {t["wnid"] for t in truth["val"].values()} == set(wnids)
+    full = source_truth(src)
+    for split in ("train", "val"):
+        for name, t in truth[split].items():
+            assert t["bbox"] == full[split][name]["bbox"]
+            assert open(t["path"], "rb").read() == open(full[split][name]["path"], "rb").read()
+    assert open(out / "wnids.txt").read().split() == wnids
+    assert [l.split("\t")[0] for l in open(out / "words.txt").read().splitlines()] == wnids
+    manifest = build_quiet(str(out), tmp_path / "out")
+    assert manifest["num_classes"] == 2
+    with pytest.raises(sample.SampleError, match="exists"):
+        sample.extract_sample(zip_path, str(out))

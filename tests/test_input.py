@@ -2,8 +2,8 @@
 
 Most tests use small builds written here with ``features.serialize_example`` (so they can hold
 odd cases the real data lacks: PNG, non-64 sizes, raw storage) whose labels are unique per
-example, so a label identifies an example. The integration tests at the end build the real
-sample with ``build.build_dataset`` when the converter is available.
+example, so a label identifies an example. The integration tests at the end read conftest's
+session build of the real sample (extra coverage; skipped without a sample).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -25,9 +24,9 @@ from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 
+from conftest import SAMPLE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The shared sample lies beside the checkout (../shared), in development and in CI.
-SAMPLE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-sample")
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"}
 
 
@@ -387,21 +386,17 @@ def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path
 # ---------------------------------------------------------- the real sample, real converter ---
 
 @pytest.fixture(scope="module")
-def sample_build(tmp_path_factory):
-    """The real sample (read in place) converted by ``build.build_dataset``."""
-    build = pytest.importorskip("tinyimagenet_tfrecords.build")
-    if not os.path.isdir(SAMPLE):
-        pytest.skip(f"{SAMPLE} not present")
-    out = str(tmp_path_factory.mktemp("sample") / "build")
-    return out, build.build_dataset(SAMPLE, out, workers=1, progress=False)
+def sample_pair(sample_build):
+    """conftest's session build of the real sample, with its manifest."""
+    return sample_build, manifest_lib.load_manifest(sample_build)
 
 
 def _pil_rgb(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_build):
-    build_dir, manifest = sample_build
+def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_pair):
+    build_dir, manifest = sample_pair
     labels_of = {c["wnid"]: c["label"] for c in manifest["classes"]}
     expected = {}  # pixel bytes -> label, from the dataset folder via PIL (as Keras loads it)
     with open(os.path.join(SAMPLE, "val", "val_annotations.txt")) as f:
@@ -415,8 +410,8 @@ def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_build):
     assert got == expected  # every image once, decoded exactly as PIL does, right label
 
 
-def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_build):
-    build_dir, manifest = sample_build
+def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_pair):
+    build_dir, manifest = sample_pair
     per_class = manifest["splits"]["train"]["per_class"]
     counts = np.zeros(manifest["num_classes"], int)
     ds = pipeline.make_dataset(build_dir, "train", batch_size=100, image_size=32)
@@ -427,56 +422,40 @@ def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_build)
     assert counts.tolist() == expected  # one whole epoch, before any example repeats
 
 
-# ----------------------------------------------------------------------------------- bench ---
+# ------------------------------------------------------------------------------ contracts ---
 
-def test_student_numpy_recipe_keeps_shape_and_range_and_changes_about_half():
-    from tinyimagenet_tfrecords import bench
-    rng = np.random.default_rng(0)
-    changed = 0
-    for i in range(40):
-        img = _image(i).astype(np.float32)
-        out = bench.student_net2_numpy(img, rng)
-        assert out.shape == img.shape and out.dtype == np.float32
-        assert out.min() >= 0 and out.max() <= 255
-        changed += not np.array_equal(out, img)
-    assert 10 <= changed <= 30  # Sometimes(0.5, ...)
+def _contract_signature(name: str) -> str:
+    """The signature docs/CONTRACTS.md gives for ``name(...)``, whitespace-normalised."""
+    import re  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(REPO, "docs", "CONTRACTS.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    match = re.search(rf"`(?:\w+\.)?{name}\((.*?)\)(?: ->[^`]*)?`", text)
+    assert match, f"docs/CONTRACTS.md does not give {name}(...)"
+    return match.group(1).replace(" ", "")
 
 
-def test_bench_measures_every_stage_and_reports_json(sample_build, monkeypatch):
-    import types
-    from tinyimagenet_tfrecords import bench
-    fake = types.ModuleType("fake_augment_for_bench")
-    fake.get_recipe = lambda name: (lambda images, seed: tf.reverse(images, [2]))
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    figures = bench.run_bench(
-        sample_build[0], src=None, batch_size=16, image_size=32, resize_sizes=[16],
-        seconds=0.1, max_batches=2, recipe_name="x", augment_module=fake.__name__,
-        stages=set(bench.STAGES), profile=True, trace_dir=None, warmup_seconds=0.0,
-        log=lambda s: None)
-    assert set(figures["stages"]) == {"read_parse", "decode", "resize:32", "resize:16",
-                                      "train", "train_augment", "train_augment_no_xla",
-                                      "old_way", "old_way_no_augment"}  # src: manifest
-    assert all(v > 0 for v in figures["stages"].values())
-    assert figures["profile"]["decode_ms"] > 0 and "augment_xla_ms" in figures["profile"]
-    assert "| train_augment |" in bench.format_table(figures)
-    assert json.loads(json.dumps(figures)) == figures
-    missing = bench.run_bench(
-        sample_build[0], src=None, batch_size=16, image_size=64, resize_sizes=[],
-        seconds=0.1, max_batches=1, recipe_name="x", augment_module="no_such_module_xyz",
-        stages={"train_augment"}, profile=False, trace_dir=None, warmup_seconds=0.0,
-        log=lambda s: None)
-    assert missing["stages"] == {} and "not importable" in missing["notes"][0]
-    assert any("old_way_imgaug skipped: no --imgaug_python" in n for n in figures["notes"])
-
-
-def test_old_way_imgaug_runner_times_loading_and_names_a_missing_imgaug():
-    from tinyimagenet_tfrecords import bench
-    loading = bench.old_way_imgaug(sys.executable, SAMPLE, batch_size=8, image_size=32,
-                                   seconds=0.05, augment=False)
-    assert loading["images"] >= 8 and loading["images_per_s"] > 0
-    try:
-        import imgaug  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    except Exception:  # pylint: disable=broad-except  # imgaug 0.4 fails on numpy 2
-        with pytest.raises(RuntimeError, match="old_way_imgaug.py"):
-            bench.old_way_imgaug(sys.executable, SAMPLE, batch_size=8, image_size=32,
-                                 seconds=0.05)
+@pytest.mark.parametrize("module, name", [
+    ("tinyimagenet_tfrecords.pipeline", "make_dataset"),
+    ("tinyimagenet_tfrecords.build", "build_dataset"),
+    ("tinyimagenet_tfrecords.manifest", "check_shards"),
+    ("tinyimagenet_tfrecords.verify", "find_corrupt_shards"),
+    ("tinyimagenet_tfrecords.features", "decode_image"),
+])
+def test_contracts_give_the_data_signatures_as_the_code_has_them(module, name):
+    import importlib  # pylint: disable=import-outside-toplevel
+    import inspect  # pylint: disable=import-outside-toplevel
+    fn = getattr(importlib.import_module(module), name)
+    params = []
+    star = False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.KEYWORD_ONLY and not star:
+            params.append("*")
+            star = True
+        if p.default is p.empty:
+            params.append(p.name)
+        else:
+            default = {pipeline.DEFAULT_SHUFFLE_BUFFER: "DEFAULT_SHUFFLE_BUFFER"}.get(
+                p.default, repr(p.default)) if not isinstance(p.default, bool) else repr(
+                    p.default)
+            params.append(f"{p.name}={default}".replace("'", '"'))
+    assert ",".join(params).replace(" ", "") == _contract_signature(name)

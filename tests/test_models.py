@@ -1,9 +1,13 @@
-"""Tests for ``models``: the papers' parameter counts, topology, serialization, XLA, precision.
+"""Tests for ``models``: the papers' parameter counts, topology, serialization, XLA, precision,
+and independence from TensorFlow (the networks run on any Keras 3 backend).
 
 Full-size networks are only built (parameter counts) or run once at 16 px; anything that
 trains uses the width-1/16 variants with 10 classes.
 """
 
+import ast
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +19,6 @@ import pytest
 import tensorflow as tf
 
 import models
-from models import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 1 / 16
@@ -106,6 +109,127 @@ def test_space_to_depth_config_round_trip():
     assert (clone.block_size, clone.name) == (4, "s2d")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_space_to_depth_matches_tf_nn_space_to_depth_with_unknown_height_and_width(dtype):
+    layer = models.SpaceToDepth(2)
+    graph = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 5], dtype)])
+    x = tf.cast(tf.random.stateless_normal([3, 4, 10, 5], seed=[3, 4]), dtype)
+    np.testing.assert_array_equal(graph(x).numpy(), tf.nn.space_to_depth(x, 2).numpy())
+
+
+# What the code before the keras.ops rewrite saved for ``SpaceToDepth(2, name="s2d")``
+# (``serialize_keras_object``) and for a model holding it (``model.to_json()``), verbatim.
+_SAVED_LAYER = {
+    "module": "models.layers", "class_name": "SpaceToDepth",
+    "config": {"name": "s2d", "trainable": True,
+               "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                         "config": {"name": "float32"}, "registered_name": None},
+               "block_size": 2},
+    "registered_name": "tinyimagenet_densenet>SpaceToDepth"}
+_SAVED_MODEL_JSON = (
+    '{"module": "keras.src.models.functional", "class_name": "Functional", "config": {"name": '
+    '"old_s2d", "trainable": true, "layers": [{"module": "keras.layers", "class_name": '
+    '"InputLayer", "config": {"batch_shape": [null, null, null, 3], "dtype": "float32", '
+    '"sparse": false, "ragged": false, "name": "pixels", "optional": false}, "registered_name": '
+    'null, "name": "pixels", "inbound_nodes": []}, {"module": "models.layers", "class_name": '
+    '"SpaceToDepth", "config": {"name": "s2d", "trainable": true, "dtype": {"module": "keras", '
+    '"class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": null}, '
+    '"block_size": 2}, "registered_name": "tinyimagenet_densenet>SpaceToDepth", "build_config": '
+    '{"input_shape": [null, null, null, 3]}, "name": "s2d", "inbound_nodes": [{"args": '
+    '[{"class_name": "__keras_tensor__", "config": {"shape": [null, null, null, 3], "dtype": '
+    '"float32", "keras_history": ["pixels", 0, 0]}}], "kwargs": {}}]}], "input_layers": '
+    '["pixels", 0, 0], "output_layers": ["s2d", 0, 0]}, "registered_name": "Functional", '
+    '"build_config": {"input_shape": null}, "compile_config": {}}')
+
+
+def test_space_to_depth_serializes_exactly_as_before():
+    layer = models.SpaceToDepth(2, name="s2d")
+    assert keras.saving.serialize_keras_object(layer) == _SAVED_LAYER
+
+
+def test_a_model_config_saved_before_the_rewrite_loads_and_computes_space_to_depth():
+    loaded = keras.models.model_from_json(_SAVED_MODEL_JSON)
+    assert isinstance(loaded.get_layer("s2d"), models.SpaceToDepth)
+    x = tf.random.stateless_normal([2, 8, 6, 3], seed=[5, 6])
+    np.testing.assert_array_equal(loaded(x).numpy(), tf.nn.space_to_depth(x, 2).numpy())
+    assert json.loads(loaded.to_json()) == json.loads(_SAVED_MODEL_JSON)
+
+
+def _imported_modules(path):
+    """Every module name a file imports, at any depth, statically or via importlib/__import__."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__")):
+            names.append(node.args[0].value)
+    return names
+
+
+def test_models_package_imports_nothing_from_tensorflow():
+    """The networks use Keras only, so they run on the JAX and PyTorch backends too."""
+    files = sorted(glob.glob(os.path.join(REPO, "models", "**", "*.py"), recursive=True))
+    assert os.path.join(REPO, "models", "layers.py") in files
+    offending = {os.path.relpath(f, REPO): name for f in files for name in _imported_modules(f)
+                 if {"tensorflow", "tf_keras"} & set(name.split("."))}
+    assert not offending, offending
+
+
+def _jax_python():
+    """An interpreter with JAX and Keras (``TIN_JAX_PYTHON``, else this one), or None."""
+    python = os.environ.get("TIN_JAX_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", "import jax, keras"], capture_output=True,
+                           env=dict(os.environ, KERAS_BACKEND="jax"))
+    return python if probe.returncode == 0 else None
+
+
+@pytest.mark.slow
+def test_networks_train_under_the_jax_backend_without_tensorflow(tmp_path):
+    """Optional: runs where JAX is installed (``TIN_JAX_PYTHON`` may name a separate venv)."""
+    python = _jax_python()
+    if python is None:
+        pytest.skip("JAX is not installed (set TIN_JAX_PYTHON to a python with jax and keras)")
+    x = tf.random.stateless_normal([2, 8, 12, 5], seed=[1, 2]).numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "s2d.npy", tf.nn.space_to_depth(x, 2).numpy())
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, jax, keras
+        import models
+        assert keras.backend.backend() == "jax"
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        s2d = np.asarray(models.SpaceToDepth(2)(x))
+        np.testing.assert_array_equal(s2d, np.load({str(tmp_path / 's2d.npy')!r}))
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+        labels = np.arange(4) % 10
+        for name in ("net1", "net2"):
+            model = models.build(name, num_classes=10, width=1/16)
+            def loss_fn(tv, ntv):
+                probs, ntv, losses = model.stateless_call(tv, ntv, images, training=True,
+                                                          return_losses=True)
+                ce = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
+                return ce + sum(losses), probs
+            (loss, probs), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables])
+            assert probs.shape == (4, 10) and np.isfinite(float(loss)), (name, loss)
+            assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+            assert sum(float(jax.numpy.abs(g).sum()) for g in grads) > 0
+        assert "tensorflow" not in sys.modules, "models imported TensorFlow"
+        print("jax ok")
+    """)
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
+    proc = subprocess.run([python, "-c", code], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "jax ok" in proc.stdout, proc.stderr[-3000:]
+
+
 def _layer_after(model, layer):
     """The single layer that consumes ``layer``'s output."""
     consumers = [l for l in model.layers if any(
@@ -169,26 +293,27 @@ def test_output_is_float32_under_mixed_precision(policy, restore_policy):
     np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 
-def test_restore_policy_fixture_left_float32():
-    assert keras.config.dtype_policy().name == "float32"
+def test_net1_compiles_under_xla_in_the_products_train_step_and_lowers_the_loss():
+    """``training.steps.make_train_step`` (default strategy): SpaceToDepth and every other layer
+    lower to one XLA computation, and two steps on one batch lower the loss."""
+    from training import steps as steps_lib
 
-
-def test_one_xla_compiled_training_step_lowers_the_loss():
-    """bench.make_train_step: loss + grads + ``optimizer.apply`` in one jit_compile function."""
     keras.utils.set_random_seed(0)
     model = models.build("net1", num_classes=10, width=TINY)
-    # Keras silently drops compile(jit_compile=True) if any layer opts out of XLA.
+    # Keras silently drops XLA for a whole step if any layer opts out of it.
     assert all(layer.supports_jit for layer in model.layers)
     optimizer = keras.optimizers.SGD(0.01)
     optimizer.build(model.trainable_variables)
-    step = bench.make_train_step(model, optimizer, jit_compile=True)
-    images = tf.constant(_pixels(4, 8))
-    labels = tf.constant([0, 1, 2, 3])
+    step = steps_lib.make_train_step(model, optimizer, tf.distribute.get_strategy(), recipe=None,
+                                     global_batch_size=4, base_seed=0, xla=True)
+    images, labels = tf.constant(_pixels(4, 8)), tf.constant([0, 1, 2, 3])
+    args = (images, labels, tf.constant([0, 0], tf.int32))
     # Lowering to HLO fails for anything XLA cannot compile: proof that the step is XLA.
-    assert "HloModule" in step.experimental_get_compiler_ir(images, labels)(stage="hlo")
-    before = float(step(images, labels))  # each call returns the loss before its update
-    after = float(step(images, labels))
-    assert after < before
+    assert "HloModule" in step.compute.experimental_get_compiler_ir(*args)(stage="hlo")
+    it = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    before, after = (step.run(it, tf.constant(1)).numpy() for _ in range(2))
+    # Totals are (ce_sum, correct, count, reg_sum) of the batch before each step's update.
+    assert after[0] < before[0], (before, after)
 
 
 def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects(tmp_path):
@@ -218,79 +343,45 @@ def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects
     assert "without models:" in out and "loaded ok" in out
 
 
-def test_training_step_runs_under_mirrored_strategy_with_xla():
-    """Two logical CPUs; per-replica forward + loss + grads in one XLA function (see
-    docs/xla-and-distribution.md), ``optimizer.apply`` on the all-reduced gradients."""
+@pytest.mark.slow
+def test_products_train_step_runs_under_mirrored_strategy_with_xla():
+    """``training.steps.make_train_step`` on two logical CPUs: per-replica forward + loss +
+    grads XLA-compiled, ``optimizer.apply`` on the all-reduced gradients keeps the replicas'
+    weights identical, and two steps on one batch lower the loss."""
     out = _run_python("""
         import os, numpy as np, tensorflow as tf, keras
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from training import strategy as strategy_lib
+        strategy_lib.configure_logical_cpus(2)
         import models
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        from training import steps as steps_lib
+        strategy = strategy_lib.make_strategy("mirrored")
+        assert strategy.num_replicas_in_sync == 2
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = models.build("net2", num_classes=10, width=1/16)
+            model = models.build("net1", num_classes=10, width=1/16)
             optimizer = keras.optimizers.SGD(0.05)
             optimizer.build(model.trainable_variables)
-        variables = model.trainable_variables
-
-        @tf.function(jit_compile=True)
-        def grads_fn(images, labels):
-            with tf.GradientTape() as tape:
-                probs = model(images, training=True)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
-            return loss, tape.gradient(loss, variables)
-
-        def replica_step(images, labels):
-            loss, grads = grads_fn(images, labels)
-            optimizer.apply(grads, variables)
-            return loss
-
-        @tf.function
-        def train_step(images, labels):
-            losses = strategy.run(replica_step, (images, labels))
-            return strategy.reduce("MEAN", losses, axis=None)
-
+        step = steps_lib.make_train_step(model, optimizer, strategy, recipe=None,
+                                         global_batch_size=8, base_seed=0, xla=True)
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
         y = np.arange(8, dtype=np.int32)
-        ds = strategy.experimental_distribute_dataset(
-            tf.data.Dataset.from_tensors((x, y)).repeat())
-        it = iter(ds)
-        initial = variables[0].numpy()
-        losses = [float(train_step(*next(it))) for _ in range(2)]
-        assert strategy.num_replicas_in_sync == 2
-        assert all(np.isfinite(losses)) and losses[1] < losses[0], losses
-        kernel = strategy.experimental_local_results(variables[0].value)  # one per replica
-        np.testing.assert_allclose(kernel[0].numpy(), kernel[1].numpy(), rtol=1e-6)
-        assert not np.allclose(kernel[0].numpy(), initial)
-        print("mirrored ok", losses, flush=True)
+        it = iter(strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors((x, y)).repeat()))
+        kernel = model.trainable_variables[0]
+        initial = kernel.numpy()
+        totals = [step.run(it, tf.constant(1)).numpy() for _ in range(2)]
+        ce = [t[0] / t[2] for t in totals]
+        assert [t[2] for t in totals] == [8, 8], totals  # both replicas' examples counted
+        assert all(np.isfinite(ce)) and ce[1] < ce[0], ce
+        per_replica = (tf.TensorSpec([4, 16, 16, 3], tf.uint8), tf.TensorSpec([4], tf.int32),
+                       tf.TensorSpec([2], tf.int32))
+        assert steps_lib.is_xla_compiled(step.compute, *per_replica)
+        local = strategy.experimental_local_results(kernel.value)  # one copy per replica
+        assert len(local) == 2
+        np.testing.assert_allclose(local[0].numpy(), local[1].numpy(), rtol=1e-6)
+        assert not np.allclose(local[0].numpy(), initial)
+        print("mirrored ok", ce, flush=True)
         os._exit(0)  # skip the slow interpreter teardown of the strategy's threads
     """)
     assert "mirrored ok" in out
-
-
-def test_conv_flops_match_the_formula_and_scale_with_area():
-    inputs = keras.Input((16, 16, 3))
-    outputs = keras.layers.Conv2D(8, 3, padding="same")(inputs)
-    single = keras.Model(inputs, outputs)
-    assert bench.conv_flops(single) == 2 * 16 * 16 * 3 * 3 * 3 * 8
-    at32 = bench.gflops_per_image("net2", 32, 10, TINY)
-    at64 = bench.gflops_per_image("net2", 64, 10, TINY)
-    assert at64 == pytest.approx(4 * at32, rel=1e-6)
-    with pytest.raises(ValueError, match="image_size"):
-        bench.conv_flops(models.build("net2", num_classes=10, width=TINY))
-
-
-def test_bench_reports_throughput_and_flops_for_a_tiny_net():
-    lines = []
-    summary = bench.run_benchmark(["net2"], batch=2, size=16, steps=1, warmup=1, xla=False,
-                                  precision="float32", width=TINY, num_classes=10,
-                                  printer=lines.append)
-    (result,) = summary["results"]
-    assert result["images_per_sec"] > 0 and np.isfinite(result["final_loss"])
-    assert result["fwd_gflops_per_image"] == pytest.approx(
-        bench.gflops_per_image("net2", 16, 10, TINY), abs=1e-3)
-    assert len(lines) == 1 and "img/s" in lines[0]
-    assert keras.config.dtype_policy().name == "float32"

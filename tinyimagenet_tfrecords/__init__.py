@@ -2,7 +2,10 @@
 
 Stages (one module each): ``source`` reads and validates a dataset folder or zip, ``build``
 writes shards and ``manifest.json`` (``download`` fetches the zip, ``synthetic`` makes
-full-size stand-ins), ``verify`` re-reads a build, ``features`` holds the feature keys shared
-by writer and reader, ``manifest`` loads a finished build, ``pipeline`` turns a build into
-``tf.data`` pipelines, ``bench`` and ``build_bench`` measure them. This package never imports ``models``, ``augment`` or ``training``.
+full-size stand-ins, ``sample`` extracts a small real sample), ``verify`` re-reads a build,
+``features`` holds the feature keys and the one image decoder shared by writer and readers,
+``manifest`` loads and checks a finished build (local or ``tf.io.gfile`` URL), ``pipeline``
+turns a build into ``tf.data`` pipelines, ``cli`` holds the tools' exit convention. The
+benchmarks live in ``benchmarks/``. This package never imports ``models``, ``augment`` or
+``training``.
 """

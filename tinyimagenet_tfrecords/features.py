@@ -1,9 +1,9 @@
 """Feature keys of one Tiny ImageNet example, defined once for the writer and the reader.
 
 The converter serializes with :func:`encode_example` (TF-free; :func:`serialize_example` is the
-``tf.train.Example`` equivalent); the input pipeline parses with :data:`PARSE_SPEC` and
-decodes with :func:`decode_image`. Keeping both next to the keys means a renamed key cannot silently
-produce empty features on the reading side. Bump ``SCHEMA_VERSION`` on any change here: the
+``tf.train.Example`` equivalent); the input pipeline and ``verify`` parse with
+:data:`PARSE_SPEC` and decode with :func:`decode_image`. Keeping both next to the keys means
+a renamed key cannot silently produce empty features on the reading side. Bump ``SCHEMA_VERSION`` on any change here: the
 reader refuses builds written with another schema.
 
 TensorFlow is imported lazily (on first use of :data:`PARSE_SPEC`, :func:`serialize_example`
@@ -178,8 +178,8 @@ def encode_example(
 ) -> bytes:
     """Serializes the same ``tf.train.Example`` as :func:`serialize_example`, without TF.
 
-    Hand-written protobuf wire format (~10 microseconds per example), so the converter's
-    worker processes never import TensorFlow. ``tf.io.parse_single_example`` with
+    Hand-written protobuf wire format (cheap: sizes computed, the image copied once), so the
+    converter's worker processes never import TensorFlow. ``tf.io.parse_single_example`` with
     :data:`PARSE_SPEC` reads it back exactly like the ``tf.train.Example`` encoding (only
     the order of the map entries may differ).
     """
@@ -191,34 +191,34 @@ def encode_example(
     return b"".join([b"\x0a", _varint(body_size)] + parts)  # Example.features = 1
 
 
-def decode_image(encoded, image_format, height, width):
-    """Decodes one stored image to uint8 ``[height, width, 3]`` RGB, as the source means it.
+def decode_image(encoded, storage: str, height=None, width=None):
+    """Decodes one stored image to uint8 ``[H, W, 3]`` RGB: the one decoder of every reader.
 
-    Graph-friendly (usable inside ``tf.data`` maps and ``tf.function``): picks the decoder
-    from the stored IMAGE_FORMAT, never by sniffing. JPEG uses the accurate integer IDCT
-    (``dct_method="INTEGER_ACCURATE"``): TF's default fast IDCT does not reproduce PIL's
-    pixels. Returns a tensor with static shape ``[None, None, 3]``.
+    The input pipeline (``pipeline.decode_batch``) and ``verify`` both call this function, so
+    a verified build is a build the pipeline reads identically. Graph-friendly (usable inside
+    ``tf.data`` maps and ``tf.function``).
+
+    ``storage="jpeg"``: the original file bytes, JPEG or PNG (IMAGE_FORMAT says which).
+    ``tf.io.decode_jpeg`` decodes both in one kernel (it reads the format from the bytes'
+    header), so no per-image ``tf.case`` on IMAGE_FORMAT is needed (that control flow inside
+    a batch is much slower). Always 3 channels: grayscale is replicated.
+    ``dct_method="INTEGER_ACCURATE"`` makes JPEG pixels equal PIL's ``.convert("RGB")`` (and
+    so Keras' ``load_img`` of the original recipe); TF's default fast IDCT differs by a few
+    levels on nearly every image.
+    ``storage="raw"``: HWC RGB bytes, reshaped with ``height`` and ``width``.
 
     Args:
       encoded: scalar string tensor, the IMAGE feature.
-      image_format: scalar string tensor, the IMAGE_FORMAT feature (b"jpeg", b"png", b"raw").
-      height: scalar int tensor, the HEIGHT feature (used for raw only).
-      width: scalar int tensor, the WIDTH feature (used for raw only).
+      storage: the build's storage, "jpeg" or "raw" (a Python string: one graph per build).
+      height: scalar int tensor, the HEIGHT feature (raw only).
+      width: scalar int tensor, the WIDTH feature (raw only).
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    def jpeg():
-        return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
-
-    def png():
-        return tf.io.decode_png(encoded, channels=3, dtype=tf.uint8)
-
-    def raw():
+    if storage == "raw":
         shape = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), 3])
         return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), shape)
-
-    image = tf.case(
-        [(tf.equal(image_format, b"jpeg"), jpeg), (tf.equal(image_format, b"png"), png)],
-        default=raw, exclusive=True)
-    image.set_shape([None, None, 3])
-    return image
+    if storage != "jpeg":
+        raise ValueError(f"storage must be one of {STORAGE_FORMATS}, got {storage!r}")
+    return tf.ensure_shape(
+        tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"), [None, None, 3])

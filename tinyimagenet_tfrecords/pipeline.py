@@ -12,8 +12,8 @@ per example. The order of the stages is chosen for throughput on a few host core
    ``storage="jpeg"`` decodes each image (JPEG or PNG) with a ``tf.map_fn`` inside the batch's
    map function, always to 3 channels (Tiny ImageNet has grayscale JPEGs);
 5. resize to the requested size (Network 1's "indirect augmentation" at 16/32 px) with
-   bilinear interpolation, **antialias off**: antialiasing cost ~4x here (4.6 vs 19.6 ms per
-   128 images) and is not XLA-compilable; for the 2x/4x downscales used, plain bilinear
+   bilinear interpolation, **antialias off**: antialiasing is several times slower (README)
+   and not XLA-compilable; for the 2x/4x downscales used, plain bilinear
    averages 2x2 source pixels, already smoother than the seed report's Keras
    ``flow_from_directory(target_size=...)``, whose default is PIL *nearest*. Rounded back to
    uint8; a resize to the stored size is skipped, so the 64 px default costs nothing;
@@ -25,7 +25,8 @@ per example. The order of the stages is chosen for throughput on a few host core
 
 ``storage="raw"`` builds are the faster default on small hosts: decoding is a reshape and the
 pipeline runs at the read-and-parse ceiling (1.5 GB on disk for the train split instead of
-0.17 GB); ``storage="jpeg"`` spends ~85 us of CPU per image in libjpeg (see ``bench.py``).
+0.17 GB); ``storage="jpeg"`` decodes every image with libjpeg on each pass (README, "Input
+pipeline", for measured figures; ``benchmarks/pipeline.py`` measures them).
 
 
 Images stay uint8 to the end: 4x less host->device traffic than float32; the model scales
@@ -61,7 +62,7 @@ Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-batch building blocks (public so that bench.py measures exactly the same code).
+# Per-batch building blocks (public so that benchmarks/pipeline.py measures the same code).
 # ---------------------------------------------------------------------------------------------
 
 def parse_batch(serialized: tf.Tensor) -> dict:
@@ -94,23 +95,8 @@ def resize_images(images: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.ensure_shape(out, images.shape[:-3].concatenate([image_size, image_size, 3]))
 
 
-def decode_image(data: tf.Tensor, storage: str, height=None, width=None) -> tf.Tensor:
-    """One image's bytes -> uint8 ``[H, W, 3]``.
-
-    ``storage="jpeg"``: the original file bytes, JPEG or PNG (``image/format`` says which).
-    ``tf.io.decode_jpeg`` decodes both in one kernel (it reads the format from the bytes'
-    header; documented), so the reader needs no per-image ``tf.case`` on ``image/format``
-    (measured: that control flow inside the batch halved decode throughput). Always 3
-    channels: grayscale is replicated. ``dct_method="INTEGER_ACCURATE"`` makes the pixels
-    bit-identical to PIL's (and so to Keras' ``load_img`` of the original recipe; TF's default
-    IDCT differs by up to 4 levels) at no measurable cost.
-    ``storage="raw"``: HWC RGB bytes, reshaped with ``height`` and ``width``.
-    """
-    if storage == "raw":
-        shape = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), 3])
-        return tf.reshape(tf.io.decode_raw(data, tf.uint8), shape)
-    return tf.ensure_shape(
-        tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"), [None, None, 3])
+# The one decoder, shared with ``verify`` (a verified build reads identically here).
+decode_image = features.decode_image
 
 
 def decode_batch(parsed: dict, image_size: int, storage: str) -> tf.Tensor:
@@ -263,8 +249,8 @@ def make_dataset(
         pipelines, else every n-th example.
       shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
       jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
-        tf.data: the recipes' many small elementwise ops fuse, measured ~5x faster on the host
-        CPU. Set ``False`` for a callable with ops XLA cannot compile.
+        tf.data: the recipes' many small elementwise ops fuse (README, "Input pipeline", for
+        the figures). Set ``False`` for a callable with ops XLA cannot compile.
 
     Raises:
       manifest.BuildError: ``build_dir`` is not a finished build of this schema, or lacks
@@ -337,19 +323,22 @@ def make_dataset(
     return ds.with_options(_options(deterministic))
 
 
-def _options(deterministic: bool) -> tf.data.Options:
-    """tf.data settings: autotuned parallelism and map parallelization.
+def dataset_options(deterministic: bool) -> tf.data.Options:
+    """tf.data settings of every pipeline here: autotuned parallelism, map parallelization.
 
-    Threading stays at TF's defaults, measured rather than assumed (2 shared cores):
-    ``max_intra_op_parallelism=1`` made no difference without augmentation and cost ~30% with
-    the XLA-compiled augmentation (2.5-2.8k vs 3.3-3.7k images/s), whose compiled kernels use
-    the intra-op pool; a private thread pool would compete with the training step's.
+    Public so that benchmarks time their stages with the pipeline's own settings. Threading
+    stays at TF's defaults, measured rather than assumed (README, "Input pipeline"): a private
+    or single-threaded intra-op pool slowed the XLA-compiled augmentation, whose kernels use
+    the intra-op pool, and would compete with the training step's.
     """
     options = tf.data.Options()
     options.deterministic = deterministic
     options.autotune.enabled = True
     options.experimental_optimization.map_parallelization = True
     return options
+
+
+_options = dataset_options  # the name make_dataset uses
 
 
 def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwargs):

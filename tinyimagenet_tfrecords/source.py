@@ -5,7 +5,8 @@ The layout (``tiny-imagenet-200/`` of the official zip, with or without that top
     wnids.txt                         one wnid a line; labels are the sorted wnids' indices
     words.txt                         "<wnid>\\t<human names>" for (far more than) every wnid
     train/<wnid>/images/*.JPEG
-    train/<wnid>/<wnid>_boxes.txt     "<file>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per image
+    train/<wnid>/<wnid>_boxes.txt     "<file>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per image (optional:
+                                      copies with added classes lack it; boxes then -1)
     val/images/*.JPEG
     val/val_annotations.txt           "<file>\\t<wnid>\\t<x0>\\t<y0>\\t<x1>\\t<y1>" per image
     test/images/*.JPEG                no labels
@@ -27,6 +28,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 
 from PIL import Image
 
@@ -72,17 +74,35 @@ class SourceRef:
 
 
 _OPEN_ZIPS: dict[str, zipfile.ZipFile] = {}
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def read_file(ref: SourceRef, relpath: str) -> bytes:
-    """Returns the bytes of ``relpath`` (``/``-separated, relative to the dataset root)."""
+    """Returns the bytes of ``relpath`` (``/``-separated, relative to the dataset root).
+
+    Raises:
+      CorruptImageError: a zip member whose data is damaged (bad CRC, broken deflate stream),
+        naming the member; ``--skip_corrupt`` skips it like an undecodable image.
+      OSError, KeyError: the file is unreadable or absent.
+    """
     if ref.kind == "dir":
         with open(os.path.join(ref.path, relpath), "rb") as f:
             return f.read()
     zf = _OPEN_ZIPS.get(ref.path)
     if zf is None:  # one open handle per process: workers read thousands of members
-        zf = _OPEN_ZIPS[ref.path] = zipfile.ZipFile(ref.path)
-    return zf.read(ref.prefix + relpath)
+        zf = _OPEN_ZIPS[ref.path] = _open_zip(ref.path)
+    try:
+        return zf.read(ref.prefix + relpath)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise CorruptImageError(f"{ref.display(relpath)}: corrupt zip member ({e})") from e
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """Opens a zip, saying "corrupt or incomplete zip" (e.g. a cut download) on failure."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise SourceError(f"{path}: corrupt or incomplete zip ({e})") from e
 
 
 def list_files(ref: SourceRef) -> list[str]:
@@ -94,7 +114,7 @@ def list_files(ref: SourceRef) -> list[str]:
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             out.extend(rel + name for name in filenames)
         return out
-    with zipfile.ZipFile(ref.path) as zf:
+    with _open_zip(ref.path) as zf:
         names = zf.namelist()
     n = len(ref.prefix)
     return [name[n:] for name in names if name.startswith(ref.prefix) and not name.endswith("/")]
@@ -115,8 +135,13 @@ def open_source(path: str) -> SourceRef:
     if not os.path.exists(path):
         raise SourceError(f"{path}: no such folder or zip file")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+        if head == _ZIP_MAGIC:  # starts like a zip but has no readable central directory
+            raise SourceError(f"{path}: corrupt or incomplete zip (no central directory; "
+                              "a cut download?)")
         raise SourceError(f"{path}: neither a folder nor a zip file")
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         candidates = [n for n in zf.namelist()
                       if (n == WNIDS_FILE or n.endswith("/" + WNIDS_FILE))
                       and not n.startswith("__MACOSX/")]
@@ -204,6 +229,8 @@ class Scan:
     names: dict[str, str]
     entries: dict[str, list[Entry]]
     stray: list[str]
+    # Classes whose train folder has no ``<wnid>_boxes.txt`` (their boxes are NO_BOX).
+    without_boxes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def classes(self) -> list[dict]:
@@ -251,6 +278,7 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
         by_dir.setdefault(head, []).append(tail)
 
     entries: dict[str, list[Entry]] = {}
+    without_boxes: list[str] = []
     used: set[str] = {WNIDS_FILE, WORDS_FILE}
     for split in splits:
         if split not in SPLITS:
@@ -258,7 +286,7 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
         if not any(d == split or d.startswith(split + "/") for d in by_dir):
             raise SourceError(f"{ref.display(split)}: split folder missing or empty")
         if split == "train":
-            entries[split] = _scan_train(ref, by_dir, wnids, label_of, used)
+            entries[split] = _scan_train(ref, by_dir, wnids, label_of, used, without_boxes)
         elif split == "val":
             entries[split] = _scan_val(ref, fileset, by_dir, label_of, used)
         else:
@@ -274,10 +302,13 @@ def scan(ref: SourceRef, splits=SPLITS) -> Scan:
         if f not in used and f.split("/")[0] in splits:
             stray.append(f)
     stray = sorted(set(stray))
-    return Scan(ref, wnids, names, entries, stray)
+    return Scan(ref, wnids, names, entries, stray, without_boxes)
 
 
-def _scan_train(ref, by_dir, wnids, label_of, used) -> list[Entry]:
+NO_BOX = (-1, -1, -1, -1)
+
+
+def _scan_train(ref, by_dir, wnids, label_of, used, without_boxes) -> list[Entry]:
     folders = sorted({d.split("/")[1] for d in by_dir if d.startswith("train/")})
     for folder in folders:
         if folder not in label_of:
@@ -295,8 +326,12 @@ def _scan_train(ref, by_dir, wnids, label_of, used) -> list[Entry]:
         if not images:
             raise SourceError(f"{ref.display(images_dir)}: empty class {wnid} (no images)")
         boxes_file = f"train/{wnid}/{wnid}_boxes.txt"
-        if f"{wnid}_boxes.txt" not in by_dir.get(f"train/{wnid}", []):
-            raise SourceError(f"{ref.display(boxes_file)}: missing (bounding boxes of {wnid})")
+        has_boxes = f"{wnid}_boxes.txt" in by_dir.get(f"train/{wnid}", [])
+        if not has_boxes:  # a class added to a copy without boxes: built, boxes absent
+            without_boxes.append(wnid)
+            out.extend(Entry(f"{images_dir}/{n}", n, label, wnid, NO_BOX) for n in images)
+            used.update(f"{images_dir}/{n}" for n in images)
+            continue
         boxes: dict[str, tuple] = {}
         image_set = set(images)
         for number, line in _lines(ref, boxes_file):

@@ -21,6 +21,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from tinyimagenet_tfrecords import cli as cli_lib
+
 GRAYSCALE_FRACTION = 0.014  # the real train set has 68 of 5,000 in the sample
 
 
@@ -119,19 +121,26 @@ def make_synthetic_dataset(dest: str, num_classes: int = 200, train_per_class: i
 
 
 def main(argv) -> int:
+    """Maps the flags to :func:`make_synthetic_dataset`; one line on stderr on error."""
     from absl import flags  # pylint: disable=import-outside-toplevel
     fv = flags.FLAGS
     if len(argv) > 1:
         print(f"synthetic: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 1
-    path = make_synthetic_dataset(fv.dest, fv.num_classes, fv.train_per_class, fv.num_val,
-                                  fv.num_test, fv.image_size, fv.seed, fv.workers)
+        return cli_lib.EXIT_BAD_INPUT
+    try:
+        path = make_synthetic_dataset(fv.dest, num_classes=fv.num_classes,
+                                      train_per_class=fv.train_per_class, num_val=fv.num_val,
+                                      num_test=fv.num_test, image_size=fv.image_size,
+                                      seed=fv.seed, workers=fv.workers)
+    except OSError as e:
+        print(f"synthetic: error: {e.filename or fv.dest}: {e.strerror or e}", file=sys.stderr)
+        return cli_lib.EXIT_FAILURE
     print(path)
-    return 0
+    return cli_lib.EXIT_OK
 
 
-if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
+def _define_flags() -> None:
+    from absl import flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_string("dest", None, "Folder to create (the dataset root).")
     flags.DEFINE_integer("num_classes", 200, "Classes.", lower_bound=1)
     flags.DEFINE_integer("train_per_class", 500, "Train images per class.", lower_bound=1)
@@ -139,6 +148,11 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_test", 10000, "Test images.", lower_bound=0)
     flags.DEFINE_integer("image_size", 64, "Image side in pixels.", lower_bound=8)
     flags.DEFINE_integer("seed", 0, "Seed.")
-    flags.DEFINE_integer("workers", None, "Encoding processes (default: CPU count).")
+    flags.DEFINE_integer("workers", None, "Encoding processes (default: CPU count).",
+                         lower_bound=1)
     flags.mark_flag_as_required("dest")
-    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    cli_lib.run(main, __name__)

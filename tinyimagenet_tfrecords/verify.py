@@ -2,22 +2,27 @@
 
     python -m tinyimagenet_tfrecords.verify data/tin-jpeg
     python -m tinyimagenet_tfrecords.verify data/tin-jpeg --nodecode   # framing + counts only
+    python -m tinyimagenet_tfrecords.verify gs://bucket/tin-raw          # any tf.io.gfile URL
 
 Checks, naming the shard (and record) at fault: the manifest loads and its classes are the
 sorted wnids labelled 0..N-1; no shard is missing and no unlisted shard is present; every
 shard's sha256; every record's TFRecord CRCs (TF's reader) and features; labels in range and
 matching their wnid (-1 and no box for test); filenames unique per split; IMAGE_FORMAT agrees
-with the storage; every image decodes (``features.decode_image``, as the pipeline does) to
-``[HEIGHT, WIDTH, 3]``; the example counts per shard, split and class.
+with the storage; every image decodes to ``[HEIGHT, WIDTH, 3]`` with ``features.decode_image``,
+the decoder the input pipeline itself calls; the example counts per shard, split and class.
+
+:func:`find_corrupt_shards` is the quick answer to a ``DataLossError`` during training: which
+shard of a split holds a record whose CRC does not match.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import sys
 
-from tinyimagenet_tfrecords import download
+from tinyimagenet_tfrecords import cli as cli_lib
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords.manifest import BuildError
@@ -43,7 +48,7 @@ def _check_classes(build_dir: str, manifest: dict) -> list[str]:
     return wnids
 
 
-def _records(path: str, decode: bool):
+def _records(path: str, decode: bool, storage: str):
     """Yields numpy batches of the checked fields of every record of one shard."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -54,8 +59,8 @@ def _records(path: str, decode: bool):
                                   features.BBOX)}
         out["size"] = tf.strings.length(ex[features.IMAGE], unit="BYTE")
         if decode:
-            image = features.decode_image(ex[features.IMAGE], ex[features.IMAGE_FORMAT],
-                                          ex[features.HEIGHT], ex[features.WIDTH])
+            image = features.decode_image(ex[features.IMAGE], storage, ex[features.HEIGHT],
+                                          ex[features.WIDTH])
             out["shape"] = tf.shape(image, out_type=tf.int64)
         return out
 
@@ -68,7 +73,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     """Checks ``build_dir`` against its manifest; returns ``{split: num_examples}``.
 
     Args:
-      build_dir: a finished build folder.
+      build_dir: a finished build folder or ``tf.io.gfile`` URL.
       decode: also decode every image (the slow part; framing, features and counts are
         always checked).
 
@@ -76,15 +81,15 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
       manifest.BuildError: not a finished build of this schema.
       VerifyError: naming the shard (and record index) of the first mismatch.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     manifest = manifest_lib.load_manifest(build_dir)
     wnids = _check_classes(build_dir, manifest)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # after the cheap checks
+
     storage = manifest["storage"]
     allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
     where = manifest_lib.manifest_path(build_dir)
     listed = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
-    present = {n for n in os.listdir(build_dir) if n.endswith(".tfrecord")}
+    present = {n for n in manifest_lib.listdir(build_dir) if n.endswith(".tfrecord")}
     if present - listed:
         raise VerifyError(f"{build_dir}: shards not in the manifest: {sorted(present - listed)}")
     summary = {}
@@ -93,14 +98,17 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
         names: set = set()
         total = 0
         for shard in info["shards"]:
-            path = os.path.join(build_dir, shard["file"])
-            if not os.path.isfile(path):
+            path = manifest_lib.join(build_dir, shard["file"])
+            if not manifest_lib.exists(path):
                 raise VerifyError(f"{path}: missing shard (listed in {where})")
-            if download.file_sha256(path) != shard["sha256"]:
+            if _sha256(path) != shard["sha256"]:
                 raise VerifyError(f"{path}: sha256 differs from {where}")
+            if "bytes" in shard and manifest_lib.getsize(path) != shard["bytes"]:
+                raise VerifyError(f"{path}: {manifest_lib.getsize(path)} bytes, {where} says "
+                                  f"{shard['bytes']}")
             count = 0
             try:
-                for batch in _records(path, decode):
+                for batch in _records(path, decode, storage):
                     _check_batch(batch, path, count, split, wnids, allowed_formats, decode)
                     for i, name in enumerate(batch[features.FILENAME]):
                         if name in names:
@@ -126,6 +134,49 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
                               f"for {diff[:5]}")
         summary[split] = total
     return summary
+
+
+def _sha256(path: str) -> str:
+    """sha256 of a local file or a ``tf.io.gfile`` URL, read in 8 MB blocks."""
+    digest = hashlib.sha256()
+    if manifest_lib.is_url(path):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        opened = tf.io.gfile.GFile(path, "rb")
+    else:
+        opened = open(path, "rb")
+    with opened as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_corrupt_shards(build_dir: str, split: str) -> list[tuple[str, str]]:
+    """The shards of ``split`` holding a record TensorFlow cannot read (bad CRC, cut short).
+
+    Reads every record's framing with TF's own reader (no parsing or decoding), so it names
+    the file behind a ``DataLossError`` ("corrupted record at <offset>") that tf.data raised
+    without saying which shard. Missing shards are reported too.
+
+    Returns:
+      ``[(shard path, reason), ...]`` in manifest order; empty when every shard reads.
+
+    Raises:
+      manifest.BuildError: not a finished build, or no such split.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    manifest = manifest_lib.load_manifest(build_dir)
+    bad = []
+    for path in manifest_lib.shard_paths(build_dir, manifest, split):
+        if not manifest_lib.exists(path):
+            bad.append((path, "missing"))
+            continue
+        try:
+            for _ in tf.data.TFRecordDataset(path, buffer_size=8 << 20).batch(1024):
+                pass
+        except tf.errors.OpError as e:
+            bad.append((path, e.message.splitlines()[0]))
+    return bad
 
 
 def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> None:
@@ -154,12 +205,19 @@ def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> 
 
 
 def run(build_dir: str, decode: bool = True) -> int:
-    """CLI body: verifies, prints one line (stdout when OK, stderr on error), returns status."""
+    """CLI body: verifies, prints one line (stdout when OK, stderr on error), returns status.
+
+    Exit status 2 when ``build_dir`` is not a finished build (bad input), 1 when the build
+    fails a check, 0 when it passes.
+    """
     try:
         summary = verify_build(build_dir, decode=decode)
+    except VerifyError as e:
+        print(f"verify: error: {e}", file=sys.stderr)
+        return cli_lib.EXIT_FAILURE
     except BuildError as e:
         print(f"verify: error: {e}", file=sys.stderr)
-        return 1
+        return cli_lib.EXIT_BAD_INPUT
     counts = ", ".join(f"{split} {n}" for split, n in summary.items())
     print(f"verify: {build_dir}: OK ({counts} examples"
           f"{', every image decoded' if decode else ''})")
@@ -167,20 +225,26 @@ def run(build_dir: str, decode: bool = True) -> int:
 
 
 def main(argv) -> int:
+    """Maps the arguments to :func:`run`: one build folder or URL, and ``--decode``."""
     from absl import flags  # pylint: disable=import-outside-toplevel
     if len(argv) != 2:
-        print("usage: python -m tinyimagenet_tfrecords.verify BUILD_DIR [--nodecode]",
-              file=sys.stderr)
-        return 2
+        print("verify: error: usage: python -m tinyimagenet_tfrecords.verify BUILD_DIR "
+              "[--nodecode]", file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
     return run(argv[1], decode=flags.FLAGS.decode)
+
+
+def _define_flags() -> None:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_bool("decode", True, "Decode every image as the input pipeline does (else "
+                      "framing, features and counts only).")
 
 
 def cli() -> None:
     """Console-script entry point (``tin-verify``), same as ``python -m ...verify``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_bool("decode", True, "Decode every image (else framing, features, counts).")
-    app.run(lambda argv: sys.exit(main(argv)))
+    _define_flags()
+    cli_lib.run(main, __name__)
 
 
 if __name__ == "__main__":

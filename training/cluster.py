@@ -228,6 +228,11 @@ def peer_failures(cluster: Cluster | None):
                          "same command to resume from the chief's last checkpoint") from None
 
 
+def writes_run_folder(cluster: Cluster | None) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker ``TF_CONFIG``."""
+    return cluster is None or cluster.num_workers < 2 or cluster.is_chief
+
+
 def is_chief(strategy=None) -> bool:
     """True in the process that writes the run folder (always, outside a multi-worker job)."""
     if strategy is None or not _is_multiworker(strategy):

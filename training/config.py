@@ -23,18 +23,31 @@ SCHEDULES = ("constant", "triangular2")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "default", "multiworker")
-
-# Keys that change nothing about the trained result: a resumed run may differ in these.
-RUNTIME_ONLY = ("stop_after_epoch", "progress", "make_synthetic_data", "steps_per_call",
-                "checkpoint_every", "keep_checkpoints", "eval_batch_size",
-                "cluster_timeout")
+# Every model downsamples by 8 (three 2x2 poolings / SpaceToDepth): its input side must be a
+# multiple of this (``models.layers.check_image_size``; a test pins the table to models/).
+SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8}
 
 
-def setting(default: Any, help: str, *, runtime_only: bool = False) -> Any:
+def setting(default: Any, help: str, *, runtime_only: bool = False,
+            choices: tuple[str, ...] | None = None) -> Any:
     """A :class:`RunConfig` field declared once: its default, its flag's help text, and whether
-    it changes the trained result (``runtime_only`` settings may differ on resume)."""
-    return dataclasses.field(default=default,
-                             metadata={"help": help, "runtime_only": runtime_only})
+    it changes the trained result (``runtime_only`` settings may differ on resume).
+
+    ``choices`` makes the flag an enum; ``validate`` checks the value either way.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "runtime_only": runtime_only, "choices": choices, "flag": True})
+
+
+def flag_fields() -> list[dataclasses.Field]:
+    """The :class:`RunConfig` fields that are command-line flags (all but ``phases``)."""
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("flag")]
+
+
+def runtime_only_keys() -> tuple[str, ...]:
+    """The settings a resumed run may change (they change nothing about the trained result)."""
+    return tuple(f.name for f in dataclasses.fields(RunConfig)
+                 if f.metadata.get("runtime_only"))
 
 
 class ConfigError(ValueError):
@@ -62,41 +75,52 @@ class Phase:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run depends on. ``training.run(config)`` reads nothing else."""
+    """Everything a training run depends on. ``training.run(config)`` reads nothing else.
 
-    data: str
-    out: str
-    model: str = "net2"
-    width: float = 1.0
-    phases: tuple[Phase, ...] = ()
-    batch_size: int = 128
-    steps_per_epoch: int = 0          # 0: ceil(train examples / batch) of each phase
-    steps_per_call: int = 1           # train steps per tf.function call (less Python overhead)
-    bn_momentum: float = 0.0          # 0: the model's own (Keras 0.99); lower for short runs
-    val_image_size: int = 64
-    eval_batch_size: int = 256
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    epsilon: float = 1e-7
-    lr_schedule: str = "constant"
-    plateau_factor: float = math.sqrt(0.1)
-    plateau_patience: int = 5
-    plateau_min_lr: float = 5e-7
-    precision: str = "float32"
-    xla: bool = True
-    strategy: str = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    checkpoint_every: int = 1
-    keep_checkpoints: int = 3
-    misclassified: int = 36
-    worst_classes: int = 10
-    make_synthetic_data: bool = False
-    progress: bool = True
-    stop_after_epoch: int = 0         # test hook: os._exit(3) after this epoch's checkpoint
+    Each field is declared once with :func:`setting`: ``train_main`` defines one flag per field
+    from its type, default, help text and ``choices``; ``runtime_only`` fields may differ when a
+    run is resumed (they change nothing about the trained result).
+    """
+
+    data: str = setting(None, "a finished TFRecord build (tinyimagenet_tfrecords.build)")
+    out: str = setting(None, "output folder of this run (resumed if it holds this run)")
+    model: str = setting("net2", "network: net1, net1_student or net2")
+    width: float = setting(1.0, "filter-count multiplier (tiny variants for CPU demos)")
+    phases: tuple[Phase, ...] = dataclasses.field(default=(), metadata={"flag": False})
+    batch_size: int = setting(128, "global batch size (split across replicas; phases may "
+                              "override)")
+    steps_per_epoch: int = setting(0, "steps per epoch; 0 = one pass over the training split")
+    steps_per_call: int = setting(1, "train steps per compiled call (fewer Python round trips; "
+                                  "progress updates once per call)", runtime_only=True)
+    bn_momentum: float = setting(0.0, "BatchNorm moving-average momentum; 0 keeps the model's "
+                                 "(0.99). Short CPU runs: 0.9")
+    val_image_size: int = setting(64, "validation image size")
+    eval_batch_size: int = setting(256, "validation batch size", runtime_only=True)
+    optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS)
+    learning_rate: float = setting(1e-3, "learning rate (constant schedule)")
+    epsilon: float = setting(1e-7, "optimizer epsilon (Adam/RMSprop)")
+    lr_schedule: str = setting("constant", "constant (+ optional ReduceLROnPlateau) or "
+                               "Triangular2 phases", choices=SCHEDULES)
+    plateau_factor: float = setting(math.sqrt(0.1), "ReduceLROnPlateau factor")
+    plateau_patience: int = setting(5, "ReduceLROnPlateau patience (epochs)")
+    plateau_min_lr: float = setting(5e-7, "ReduceLROnPlateau minimum learning rate")
+    precision: str = setting("float32", "compute precision", choices=PRECISIONS)
+    xla: bool = setting(True, "compile the per-replica train step with XLA")
+    strategy: str = setting("auto", "auto: MultiWorkerMirroredStrategy under a multi-worker "
+                            "TF_CONFIG, else MirroredStrategy over several GPUs, else default; "
+                            "multiworker: force the multi-worker strategy",
+                            choices=STRATEGIES)
     cluster_timeout: float = setting(
         300.0, "multi-worker: seconds to wait for every worker of TF_CONFIG to join (and for "
         "a silent worker before the others give up)", runtime_only=True)
+    seed: int = setting(0, "base seed of initialisation, data order and augmentation")
+    deterministic: bool = setting(False, "enable TF op determinism (exact resume/repeat)")
+    checkpoint_every: int = setting(1, "checkpoint every N epochs (and at the end)",
+                                    runtime_only=True)
+    keep_checkpoints: int = setting(3, "checkpoints kept", runtime_only=True)
+    misclassified: int = setting(36, "images in the final misclassified grid")
+    worst_classes: int = setting(10, "worst classes in the final report")
+    progress: bool = setting(True, "show a progress bar (on stderr)", runtime_only=True)
 
     @property
     def total_epochs(self) -> int:
@@ -110,7 +134,7 @@ class RunConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that define the run's results (compared on resume)."""
         d = self.to_dict()
-        for k in RUNTIME_ONLY:
+        for k in runtime_only_keys():
             d.pop(k, None)
         return json.loads(json.dumps(d))  # normalise tuples/floats as JSON would
 
@@ -167,11 +191,14 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    need(bool(cfg.data), "--data is required (a build folder)")
+    need(bool(cfg.out), "--out is required (the run's output folder)")
     need(cfg.phases, "no epochs to train: give --epochs >= 1 or at least one --phase")
     need(cfg.optimizer in OPTIMIZERS, f"--optimizer={cfg.optimizer}: one of {OPTIMIZERS}")
     need(cfg.lr_schedule in SCHEDULES, f"--lr_schedule={cfg.lr_schedule}: one of {SCHEDULES}")
     need(cfg.precision in PRECISIONS, f"--precision={cfg.precision}: one of {PRECISIONS}")
     need(cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: one of {STRATEGIES}")
+    need(cfg.cluster_timeout > 0, f"--cluster_timeout={cfg.cluster_timeout}: must be > 0")
     need(model_names is None or cfg.model in model_names,
          f"--model={cfg.model}: one of {tuple(model_names or ())}")
     need(cfg.width > 0, f"--width={cfg.width}: must be > 0")
@@ -180,6 +207,10 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(cfg.epsilon > 0, f"--epsilon={cfg.epsilon}: must be > 0")
     need(cfg.steps_per_epoch >= 0, f"--steps_per_epoch={cfg.steps_per_epoch}: must be >= 0")
     need(8 <= cfg.val_image_size <= 512, f"--val_image_size={cfg.val_image_size}: 8..512")
+    multiple = SIZE_MULTIPLE.get(cfg.model, 1)
+    need(cfg.val_image_size % multiple == 0,
+         f"--val_image_size={cfg.val_image_size}: --model={cfg.model} needs a multiple of "
+         f"{multiple}")
     need(cfg.steps_per_call >= 1, f"--steps_per_call={cfg.steps_per_call}: must be >= 1")
     need(cfg.eval_batch_size >= 1, f"--eval_batch_size={cfg.eval_batch_size}: must be >= 1")
     need(0 < cfg.plateau_factor < 1, f"--plateau_factor={cfg.plateau_factor}: in (0, 1)")
@@ -187,12 +218,14 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(cfg.checkpoint_every >= 1, f"--checkpoint_every={cfg.checkpoint_every}: >= 1")
     need(cfg.keep_checkpoints >= 1, f"--keep_checkpoints={cfg.keep_checkpoints}: >= 1")
     need(0 <= cfg.seed < 2 ** 31, f"--seed={cfg.seed}: 0..2**31-1")
-    need(cfg.cluster_timeout > 0, f"--cluster_timeout={cfg.cluster_timeout}: must be > 0")
     need(cfg.misclassified >= 0, f"--misclassified={cfg.misclassified}: >= 0")
     for i, p in enumerate(cfg.phases, 1):
         where = f"phase {i}"
         need(p.epochs >= 1, f"{where}: epochs={p.epochs} must be >= 1")
         need(8 <= p.image_size <= 512, f"{where}: image size {p.image_size} not in 8..512")
+        need(p.image_size % multiple == 0,
+             f"{where}: image size {p.image_size}: --model={cfg.model} needs a multiple of "
+             f"{multiple} (--image_size or the phase's size=)")
         need(p.batch_size >= 1, f"{where}: batch size {p.batch_size} must be >= 1")
         need(recipe_names is None or p.augment in recipe_names,
              f"{where}: augmentation {p.augment!r} not one of {tuple(recipe_names or ())}")
@@ -202,3 +235,22 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
             need(0 < p.min_lr <= p.max_lr, f"{where}: need 0 < min_lr <= max_lr")
             need(p.step_epochs > 0, f"{where}: step_epochs must be > 0")
             need(not p.plateau, f"{where}: plateau=on needs --lr_schedule=constant")
+
+
+def first_epochs(phases: tuple[Phase, ...], epochs: int) -> tuple[Phase, ...]:
+    """The curriculum cut after its first ``epochs`` epochs (a short try of a recipe).
+
+    Raises:
+      ConfigError: ``epochs`` is below 1 or beyond the curriculum's length.
+    """
+    total = sum(p.epochs for p in phases)
+    if not 1 <= epochs <= total:
+        raise ConfigError(f"--epochs={epochs}: the phases have {total} epochs; give 1..{total} "
+                          "to train the first N of them")
+    kept, left = [], epochs
+    for p in phases:
+        if left <= 0:
+            break
+        kept.append(dataclasses.replace(p, epochs=min(p.epochs, left)))
+        left -= p.epochs
+    return tuple(kept)

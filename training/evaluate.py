@@ -1,26 +1,37 @@
 """Evaluation report for any saved model: top-1/top-5, per-class accuracy, worst classes,
-misclassified grid.
+misclassified grid; predictions for an unlabelled split.
 
-Library: :func:`evaluate_split` (metrics over a split, used by the fit loop every epoch) and
-:func:`write_report` (the full report). CLI::
+Library: :func:`evaluate_split` (metrics over a split, used by the fit loop every epoch),
+:func:`write_report` (the full report), :func:`write_predictions` (a CSV of wnids per image,
+Tiny ImageNet's submission format) and :func:`evaluate_model` (what the CLI does: checks the
+model against the build, then one of the two). CLI (``training/evaluate_main.py``)::
 
     python -m training.evaluate --model runs/net2/best.keras --data /data/tiny-imagenet-tfr \
         --out runs/net2/eval
 
 writes ``report.json``, ``report.txt``, ``per_class.csv``, ``worst_classes.png`` and
-``misclassified.png`` into ``--out``.
+``misclassified.png`` into ``--out``. The report's ``ce_loss`` is the mean cross-entropy
+alone; the history's ``loss``/``val_loss`` add the L2 penalty, as Keras reports them.
+
+A model carries its class list: the fit loop writes ``classes.json`` (the build's wnids) into
+the run folder beside ``best.keras``; a ``<model>.classes.json`` beside a copied model file
+works the same. A model whose classes differ from the build's is refused.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
-import sys
 
 import numpy as np
 
 from training import fileio
 from training import reports
-from training import steps as steps_lib
+from training.errors import RunError, RunFailure
+
+CLASSES_NAME = "classes.json"
 
 
 def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int = 64,
@@ -38,10 +49,11 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
       loss is mean cross-entropy (no weight decay).
     """
     from tinyimagenet_tfrecords import pipeline
+    from training import steps as steps_lib  # TensorFlow: imported on first use (CLI start-up)
     step = eval_step or steps_lib.make_eval_step(model, xla=xla)
     ds = pipeline.make_dataset(build_dir, split, batch_size=batch_size, image_size=image_size,
                                training=False)
-    totals = np.zeros(4, np.float64)
+    totals = np.zeros(len(steps_lib.EVAL_TOTALS), np.float64)
     labels, preds = [], []
     for images, y in ds:
         t, probs = step(images, y)
@@ -49,9 +61,10 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
         if keep_outputs:
             labels.append(y.numpy())
             preds.append(np.argmax(probs.numpy(), axis=1))
-    n = max(totals[3], 1.0)
-    out = {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n,
-           "count": int(totals[3])}
+    t = dict(zip(steps_lib.EVAL_TOTALS, totals))
+    n = max(t["count"], 1.0)
+    out = {"loss": t["ce_sum"] / n, "top1": t["top1"] / n, "top5": t["top5"] / n,
+           "count": int(t["count"])}
     if keep_outputs:
         out["labels"] = np.concatenate(labels) if labels else np.zeros(0, np.int32)
         out["preds"] = np.concatenate(preds) if preds else np.zeros(0, np.int64)
@@ -115,7 +128,7 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
         files.pop("misclassified")
     report = {"model": model_name or getattr(model, "name", ""), "data": build_dir,
               "split": split, "image_size": image_size, "count": res["count"],
-              "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
+              "top1": res["top1"], "top5": res["top5"], "ce_loss": res["loss"],
               "per_class": rows, "worst_classes": worst, "misclassified": mis,
               "files": files}
     reports.atomic_write_json(files["json"], report)
@@ -132,48 +145,175 @@ def load_model(path: str):
     return keras.saving.load_model(path, compile=False)
 
 
-def main(argv):
-    from absl import flags
+def classes_path(model_path: str) -> str | None:
+    """The class list that goes with a saved model: ``<model>.classes.json``, else the run
+    folder's ``classes.json`` beside it; None when there is neither."""
+    for path in (model_path + "." + CLASSES_NAME,
+                 os.path.join(os.path.dirname(fileio.abspath(model_path)), CLASSES_NAME)):
+        if fileio.isfile(path):
+            return path
+    return None
+
+
+def check_classes(model_path: str, num_outputs: int, manifest: dict, build_dir: str) -> None:
+    """Refuses a model trained on other classes than the build's (``RunError``)."""
+    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
+    path = classes_path(model_path)
+    if path is not None:
+        model_wnids = json.loads(fileio.read_text(path)).get("wnids")
+        if model_wnids != wnids:
+            only_model = sorted(set(model_wnids or ()) - set(wnids))
+            detail = (f"e.g. {only_model[0]} is not in the build" if only_model
+                      else "same classes in another order" if sorted(model_wnids or ()) == sorted(wnids)
+                      else "the build has classes the model lacks")
+            raise RunError(f"{path}: the model was trained on {len(model_wnids or ())} classes "
+                           f"that differ from {build_dir}'s {len(wnids)} ({detail})")
+    if num_outputs != len(wnids):
+        raise RunError(f"{model_path}: the model has {num_outputs} outputs, {build_dir} has "
+                       f"{len(wnids)} classes")
+
+
+def resolve_image_size(model, requested: int | None, model_path: str,
+                       size_multiple: int = 8) -> int:
+    """The evaluation image size: the model's own input size when it has one.
+
+    Args:
+      requested: ``--image_size``, or None for "the model's own, else 64".
+
+    Raises:
+      RunError: ``requested`` differs from the model's fixed input size, or (for a model that
+        takes any size) is not a multiple of ``size_multiple``.
+    """
+    shape = tuple(model.input_shape)
+    fixed = shape[1] if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2] \
+        else None
+    if fixed is not None:
+        if requested is not None and requested != fixed:
+            raise RunError(f"--image_size={requested}: {model_path} takes {fixed} px inputs "
+                           f"(leave --image_size out to use them)")
+        return int(fixed)
+    size = 64 if requested is None else int(requested)
+    if size < size_multiple or size % size_multiple:
+        raise RunError(f"--image_size={size}: {model_path} needs a multiple of "
+                       f"{size_multiple}")
+    return size
+
+
+def is_labelled(manifest: dict, split: str) -> bool:
+    """False for a split without labels (Tiny ImageNet's test split: every label is -1)."""
+    info = manifest["splits"].get(split, {})
+    if "labelled" in info:
+        return bool(info["labelled"])
+    return split != "test" and bool(info.get("per_class"))
+
+
+def predict_split(model, build_dir: str, manifest: dict, *, split: str, image_size: int,
+                  batch_size: int = 256, top_k: int = 5):
+    """``(filenames, top-k label indices [N, k])`` of every image of ``split``, in shard order."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tinyimagenet_tfrecords import features  # pylint: disable=import-outside-toplevel
     from tinyimagenet_tfrecords import manifest as manifest_lib
-    f = flags.FLAGS
-    if len(argv) > 1:
-        sys.exit(f"evaluate: unexpected arguments {argv[1:]}")
-    if not f.model or not f.data or not f.out:
-        sys.exit("evaluate: --model, --data and --out are required")
-    if not fileio.isfile(f.model):
-        sys.exit(f"evaluate: {f.model}: no such model file")
+    from tinyimagenet_tfrecords import pipeline
+    files = manifest_lib.shard_paths(build_dir, manifest, split)
+    storage = manifest.get("storage", "jpeg")
+
+    @tf.autograph.experimental.do_not_convert
+    def decode(serialized):
+        parsed = pipeline.parse_batch(serialized)
+        names = tf.io.parse_example(
+            serialized, {features.FILENAME: tf.io.FixedLenFeature([], tf.string)})
+        return pipeline.decode_batch(parsed, image_size, storage), names[features.FILENAME]
+
+    ds = (tf.data.TFRecordDataset(files).batch(batch_size)
+          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
+    predict = tf.function(lambda x: tf.math.top_k(model(x, training=False), k=top_k).indices)
+    names, top = [], []
+    for images, filenames in ds:
+        top.append(predict(images).numpy())
+        names.extend(n.decode("utf-8") for n in filenames.numpy())
+    return names, (np.concatenate(top) if top else np.zeros((0, top_k), np.int32))
+
+
+def predictions_csv(filenames, top: np.ndarray, wnids) -> str:
+    """CSV text: ``filename,wnid,top5`` (top5: the five wnids, best first, space-separated)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("filename", "wnid", "top5"))
+    for name, row in zip(filenames, top):
+        writer.writerow((name, wnids[row[0]], " ".join(wnids[i] for i in row)))
+    return buf.getvalue()
+
+
+def write_predictions(model, build_dir: str, path: str, *, manifest: dict, split: str,
+                      image_size: int, batch_size: int = 256) -> int:
+    """Writes ``path`` (see :func:`predictions_csv`); returns the number of images."""
+    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
+    names, top = predict_split(model, build_dir, manifest, split=split, image_size=image_size,
+                               batch_size=batch_size, top_k=min(5, len(wnids)))
+    reports.atomic_write_text(path, predictions_csv(names, top, wnids))
+    return len(names)
+
+
+def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
+                   predictions: str | None = None, split: str = "val",
+                   image_size: int | None = None, batch_size: int = 256, xla: bool = True,
+                   misclassified: int = 36, worst_classes: int = 10) -> dict:
+    """Checks a saved model against a build, then writes a report and/or predictions.
+
+    Args:
+      model_path: a ``.keras`` file.
+      build_dir: a finished build.
+      out: folder for the report files (labelled splits only).
+      predictions: a CSV path for per-image predictions (any split).
+      image_size: None: the model's own input size (64 for a model that takes any size).
+
+    Returns:
+      ``{"report": dict or None, "predictions": count or None, "image_size": int}``.
+
+    Raises:
+      RunError: bad input (missing model, other classes, inapplicable image size, a report
+        asked of an unlabelled split, nothing to write). ``manifest.BuildError``: bad build.
+      RunFailure: a corrupt shard (named) or an output that cannot be written.
+    """
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    if not out and not predictions:
+        raise RunError("give --out (a report) and/or --predictions (a CSV of predictions)")
+    if not fileio.isfile(model_path):
+        raise RunError(f"--model={model_path}: no such model file")
+    manifest = manifest_lib.load_manifest(build_dir)
+    if split not in manifest["splits"]:
+        raise RunError(f"--split={split}: {build_dir} has {sorted(manifest['splits'])}")
+    if out and not is_labelled(manifest, split):
+        raise RunError(f"--split={split}: {build_dir}'s {split} split is unlabelled, so there is "
+                       "nothing to score; use --predictions=FILE.csv for its predictions")
     try:
-        manifest = manifest_lib.load_manifest(f.data)
-    except manifest_lib.BuildError as e:
-        sys.exit(f"evaluate: {e}")
-    try:
-        model = load_model(f.model)
+        model = load_model(model_path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, no traceback
-        sys.exit(f"evaluate: {f.model}: cannot load model: {type(e).__name__}: {e}"[:500])
-    if model.output_shape[-1] != manifest["num_classes"]:
-        sys.exit(f"evaluate: model has {model.output_shape[-1]} outputs, {f.data} has "
-                 f"{manifest['num_classes']} classes")
-    report = write_report(model, f.data, f.out, manifest=manifest, split=f.split,
-                          image_size=f.image_size, batch_size=f.batch_size, xla=f.xla,
-                          misclassified=f.misclassified, worst_k=f.worst_classes,
-                          model_name=os.path.basename(f.model))
-    print(reports.report_text(report), end="")
-
-
-def _define_flags():
-    from absl import flags
-    flags.DEFINE_string("model", None, "a .keras model file (e.g. <run>/best.keras)")
-    flags.DEFINE_string("data", None, "a finished TFRecord build folder")
-    flags.DEFINE_string("out", None, "folder for the report files")
-    flags.DEFINE_string("split", "val", "split to evaluate")
-    flags.DEFINE_integer("image_size", 64, "evaluation image size", lower_bound=8)
-    flags.DEFINE_integer("batch_size", 256, "evaluation batch size", lower_bound=1)
-    flags.DEFINE_bool("xla", True, "compile the eval step with XLA")
-    flags.DEFINE_integer("misclassified", 36, "images in the misclassified grid", lower_bound=0)
-    flags.DEFINE_integer("worst_classes", 10, "worst classes to list and plot", lower_bound=1)
+        raise RunError(f"--model={model_path}: cannot load model: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
+    check_classes(model_path, model.output_shape[-1], manifest, build_dir)
+    size = resolve_image_size(model, image_size, model_path)
+    result = {"report": None, "predictions": None, "image_size": size}
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from training import shards  # pylint: disable=import-outside-toplevel
+    try:
+        if out:
+            result["report"] = write_report(
+                model, build_dir, out, manifest=manifest, split=split, image_size=size,
+                batch_size=batch_size, xla=xla, misclassified=misclassified,
+                worst_k=worst_classes, model_name=os.path.basename(model_path))
+        if predictions:
+            result["predictions"] = write_predictions(
+                model, build_dir, predictions, manifest=manifest, split=split,
+                image_size=size, batch_size=batch_size)
+    except tf.errors.DataLossError as e:
+        raise shards.data_loss_failure(build_dir, manifest, e, splits=(split,)) from None
+    except OSError as e:
+        raise RunFailure(f"{e.filename or out or predictions}: {e.strerror or e}") from None
+    return result
 
 
 if __name__ == "__main__":
-    from absl import app
-    _define_flags()
-    app.run(main)
+    from training import evaluate_main
+    evaluate_main.run()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
 import keras
@@ -38,6 +37,7 @@ from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 from training import cluster as cluster_lib
 from training import config as config_lib
+from training import console
 from training import evaluate as evaluate_lib
 from training import fileio
 from training import multiworker
@@ -46,6 +46,7 @@ from training import schedules
 from training import steps as steps_lib
 from training import strategy as strategy_lib
 from training.errors import RunError
+from training.run_folder import check_output_folder  # noqa: F401  (also used by tests)
 
 CONFIG_NAME = "config.json"
 
@@ -101,32 +102,6 @@ class TrainState(tf.Module):
         return json.loads(self.history.numpy().decode("utf-8"))
 
 
-def check_output_folder(out: str, fingerprint: dict) -> bool:
-    """Refuses a folder that holds another run; returns True when resuming this run.
-
-    Raises:
-      RunError: ``out`` is a file, or holds a ``config.json`` with other settings, or holds
-        files but no ``config.json`` (not a run folder: nothing is overwritten).
-    """
-    if fileio.exists(out) and not fileio.isdir(out):
-        raise RunError(f"--out={out} is a file, not a folder")
-    path = os.path.join(out, CONFIG_NAME)
-    if fileio.isfile(path):
-        try:
-            old = json.loads(fileio.read_text(path))
-        except json.JSONDecodeError:
-            raise RunError(f"{path}: not valid JSON; not a run folder of this program")
-        if old != fingerprint:
-            diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            raise RunError(f"--out={out} holds another run (settings differ: {', '.join(diff)}); "
-                           "use a new --out or the same flags to resume")
-        return True
-    if fileio.isdir(out) and fileio.listdir(out):
-        raise RunError(f"--out={out} is not empty and holds no {CONFIG_NAME}; "
-                       "refusing to write into it")
-    return False
-
-
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     """Sets every BatchNormalization layer's moving-average momentum; returns how many.
 
@@ -134,8 +109,10 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     describe the network; short CPU runs (tests, demos) use e.g. 0.9. Full recipes keep 0.99.
     """
     n = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # a nested model: its layers too
+            n += set_bn_momentum(layer, momentum)
+        elif isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = float(momentum)
             n += 1
     return n
@@ -160,7 +137,7 @@ def _model_image_size(cfg: config_lib.RunConfig) -> int | None:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    console.log(msg)
 
 
 def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
@@ -243,6 +220,7 @@ def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
     for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
         phase_idx, phase = cfg.phase_at(epoch)
         step = train_steps.get(phase.signature)
+        compiling = step is None
         if step is None:
             recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
             step = train_steps[phase.signature] = steps_lib.make_train_step(
@@ -250,7 +228,7 @@ def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
                 base_seed=cfg.seed, xla=cfg.xla)
         n_steps = steps_per_epoch(cfg, phase, num_train)
         row = _train_epoch(cfg, strategy, step, optimizer, epoch=epoch, phase_idx=phase_idx,
-                           phase=phase, n_steps=n_steps)
+                           phase=phase, n_steps=n_steps, compiling=compiling)
         val = multiworker.evaluate_split(strategy, model, cfg.data, eval_step=eval_step,
                                          image_size=cfg.val_image_size,
                                          batch_size=cfg.eval_batch_size)
@@ -280,10 +258,6 @@ def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
         if chief:
             _write_history(cfg.out, history)
         _summaries(writer, row)
-        if cfg.stop_after_epoch and epoch + 1 == cfg.stop_after_epoch:
-            _log(f"--stop_after_epoch={cfg.stop_after_epoch}: exiting abruptly (test hook)")
-            sys.stderr.flush()
-            os._exit(3)
 
     writer.flush()
     summary = {"epochs": len(history), "best_val_acc": float(state.best_val_acc.numpy()),
@@ -306,7 +280,8 @@ def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
     return summary
 
 
-def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_steps) -> dict:
+def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_steps,
+                 compiling=False) -> dict:
     """Runs one epoch of ``n_steps`` on a pipeline seeded for this epoch; returns its row."""
     t0 = time.perf_counter()
     # Replica r reads part r of the shards, wherever it runs (training.multiworker).
@@ -317,8 +292,8 @@ def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_s
     dataset = strategy.distribute_datasets_from_function(input_fn)
     iterator = iter(dataset)
     lr_now = _current_lr(optimizer)
-    bar = keras.utils.Progbar(n_steps, stateful_metrics=["loss", "acc", "img/s"],
-                              verbose=1 if cfg.progress else 0)
+    bar = console.Progress(n_steps, batch_size=phase.batch_size, compiling=compiling,
+                           enabled=cfg.progress, prefix=f"epoch {epoch + 1}: ")
     totals = np.zeros(len(steps_lib.TRAIN_TOTALS), np.float64)
     chunk = max(1, min(cfg.steps_per_call, n_steps))
     done, t_start = 0, None
@@ -330,11 +305,8 @@ def _train_epoch(cfg, strategy, step, optimizer, *, epoch, phase_idx, phase, n_s
         else:
             images_timed += k * phase.batch_size
         done += k
-        elapsed = time.perf_counter() - t_start
-        rate = images_timed / elapsed if elapsed > 0 and images_timed else 0.0
         count = max(totals[2], 1.0)
-        bar.update(done, values=[("loss", totals[0] / count + totals[3] / done),
-                                 ("acc", totals[1] / count), ("img/s", rate)])
+        bar.update(done, loss=totals[0] / count + totals[3] / done, acc=totals[1] / count)
     elapsed = time.perf_counter() - t_start
     count = max(totals[2], 1.0)
     rate = images_timed / elapsed if images_timed and elapsed > 0 else \

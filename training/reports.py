@@ -170,7 +170,7 @@ def report_text(report: dict) -> str:
              f"data: {report['data']} (split {report['split']}, {report['count']} images, "
              f"{report['image_size']} px)",
              f"top-1: {100 * report['top1']:.2f}%   top-5: {100 * report['top5']:.2f}%   "
-             f"loss: {report['loss']:.4f}",
+             f"ce_loss: {report['ce_loss']:.4f} (cross-entropy, no L2 penalty)",
              f"worst {len(report['worst_classes'])} classes:"]
     for r in report["worst_classes"]:
         lines.append(f"  {100 * r['accuracy']:5.1f}%  {r['wnid']}  {r['name']}")

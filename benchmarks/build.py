@@ -1,27 +1,46 @@
 """Benchmarks the converter on a generated full-size dataset and prints images/second.
 
-    python -m tinyimagenet_tfrecords.build_bench                      # 120,000 images, both
-    python -m tinyimagenet_tfrecords.build_bench --storage=jpeg --workers=4
-    python -m tinyimagenet_tfrecords.build_bench --num_classes=20     # a quicker look
+    python -m benchmarks.build                      # 120,000 images, both storages
+    python -m benchmarks.build --storage=jpeg --workers=4
+    python -m benchmarks.build --num_classes=20     # a quicker look
 
 The synthetic dataset (``synthetic.make_synthetic_dataset``: 200 classes x 500 train, 10,000
 val, 10,000 test, 64x64 JPEGs) is generated once into ``--data_dir`` and reused. Each build
 writes into ``--out_dir`` with ``overwrite=True``; the time covers the whole
 ``build_dataset`` call (scan, all workers, manifest, rename), from a warm page cache.
 "worker CPU us/image" is the shard writers' CPU time per image (independent of how busy the
-machine is): ``images x that / cores`` estimates an uncontended wall time.
+machine is): ``images x that / cores`` estimates an uncontended wall time. The run prints a
+table, then one JSON line of the rows with a description of the machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
 import time
 
 from tinyimagenet_tfrecords import build
+from tinyimagenet_tfrecords import cli as cli_lib
 from tinyimagenet_tfrecords import synthetic
+
+
+def machine_description() -> dict:
+    """Where the figures were measured: CPU model and count, OS, Python, TensorFlow if loaded."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    tf = sys.modules.get("tensorflow")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "os": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": getattr(tf, "__version__", None)}
 
 
 def ensure_dataset(data_dir: str, num_classes: int, train_per_class: int, num_val: int,
@@ -78,11 +97,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv) -> int:
+    """Maps the flags to :func:`run_bench`; prints the table and one JSON line."""
     from absl import flags  # pylint: disable=import-outside-toplevel
     fv = flags.FLAGS
     if len(argv) > 1:
-        print(f"build_bench: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 1
+        print(f"build bench: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
+    unknown = set(fv.storage) - set(build.features.STORAGE_FORMATS)
+    if unknown:
+        print(f"build bench: error: unknown --storage {sorted(unknown)}", file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
     data_dir = fv.data_dir or os.path.join(
         tempfile.gettempdir(), f"tinyimagenet-synthetic-{fv.num_classes}")
     src, gen_s = ensure_dataset(data_dir, fv.num_classes, fv.train_per_class, fv.num_val,
@@ -92,17 +116,23 @@ def main(argv) -> int:
     out_dir = fv.out_dir or tempfile.mkdtemp(prefix="tin-build-bench-")
     try:
         rows = run_bench(src, out_dir, fv.storage, fv.workers, fv.repeats)
+    except (build.BuildError, build.source_lib.SourceError, OSError) as e:
+        print(f"build bench: error: {e}", file=sys.stderr)
+        return build.exit_status(e)
     finally:
         if not fv.out_dir:
             shutil.rmtree(out_dir, ignore_errors=True)
-    print(f"crc32c: {'google-crc32c (C)' if build._FAST_CRC else 'tf.io.TFRecordWriter'}; "
-          f"CPUs: {os.cpu_count()}; source: {src}")
+    fast = build._FAST_CRC  # pylint: disable=protected-access
+    crc = "google-crc32c (C)" if fast else "tf.io.TFRecordWriter"
+    print(f"crc32c: {crc}; CPUs: {os.cpu_count()}; source: {src}")
     print(format_table(rows))
-    return 0
+    print(json.dumps({"rows": rows, "crc32c": crc, "machine": machine_description()},
+                     sort_keys=True))
+    return cli_lib.EXIT_OK
 
 
-if __name__ == "__main__":
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
+def _define_flags() -> None:
+    from absl import flags  # pylint: disable=import-outside-toplevel
     flags.DEFINE_string("data_dir", None, "Synthetic dataset folder (generated if missing; "
                         "default: <tmp>/tinyimagenet-synthetic-<num_classes>).")
     flags.DEFINE_string("out_dir", None, "Where builds go (default: a temporary folder, "
@@ -115,4 +145,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_val", 10000, "Val images.")
     flags.DEFINE_integer("num_test", 10000, "Test images.")
     flags.DEFINE_integer("image_size", 64, "Image side.")
-    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    cli_lib.run(main, __name__)

@@ -1,7 +1,7 @@
 """Measures the input pipeline stage by stage, and the seed report's old way, in one run.
 
-    python -m tinyimagenet_tfrecords.bench --data /tmp/tin-build --seconds 10
-    python -m tinyimagenet_tfrecords.bench --data /tmp/tin-build --batches 200 \\
+    python -m benchmarks.pipeline --data /tmp/tin-build --seconds 10
+    python -m benchmarks.pipeline --data /tmp/tin-build --batches 200 \\
         --image_size 32 --recipe student_net2 --profile
 
 Stages (images/second, each on the same build, one after another):
@@ -13,8 +13,7 @@ Stages (images/second, each on the same build, one after another):
 - ``train``: the full training pipeline of :func:`pipeline.make_dataset` (shuffle, repeat,
   batch, parse, decode, resize) without augmentation;
 - ``train_augment``: the same with ``augment.get_recipe(--recipe)`` applied to whole batches
-  inside tf.data on the CPU, XLA-compiled (the pipeline's default; skipped with a note if
-  ``--augment_module`` does not import);
+  inside tf.data on the CPU, XLA-compiled (the pipeline's default);
 - ``train_augment_no_xla``: the same recipe run as plain TF graph ops;
 - ``old_way``: the seed report's loop: Keras ``ImageDataGenerator.flow_from_directory`` over
   the dataset *folder* (one PIL JPEG load per file) with a per-image Python
@@ -23,31 +22,37 @@ Stages (images/second, each on the same build, one after another):
   it is at least as fast as imgaug was, so the measured speed-up is conservative;
 - ``old_way_no_augment``: the same loader without the function (file loading alone);
 - ``old_way_imgaug``: the seed report's exact Figure 9 function with the real imgaug 0.4,
-  one image at a time after a PIL load, run by :mod:`old_way_imgaug` in the interpreter given
+  one image at a time after a PIL load, run by ``benchmarks/old_way_imgaug.py`` in the
+  interpreter given
   by ``--imgaug_python`` (imgaug needs numpy < 2, so it lives in its own venv); skipped with
   a note when that flag is not set. This is the faithful baseline for the speed-up.
 
 ``--profile`` adds where the time goes: each per-batch op timed alone on one thread (parse,
 decode, resize, augment), and ``--trace_dir`` records a TensorFlow profiler trace of the
-``train_augment`` stage for TensorBoard. The run ends with one JSON line of all figures.
+``train_augment`` stage for TensorBoard. The run prints a table, then one JSON line of all
+figures with a description of the machine.
 
-This package never imports ``augment`` statically: the recipe is resolved here at run time.
+Every stage times the product's own code: ``pipeline.parse_batch``/``decode_batch``/
+``resize_images`` with ``pipeline.dataset_options``, ``pipeline.make_dataset`` and
+``augment.get_recipe``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
+import sys
 import time
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
-from absl import app
 from absl import flags
 
+import augment
+from benchmarks.build import machine_description
+from tinyimagenet_tfrecords import cli as cli_lib
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
@@ -90,7 +95,7 @@ def _records(files, *, repeat: bool = True) -> tf.data.Dataset:
 
 
 def _finish(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline._options(True))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline.dataset_options(True))
 
 
 def stage_read_parse(files, batch_size: int) -> tf.data.Dataset:
@@ -114,20 +119,6 @@ def stored_size(files) -> int:
     """Side of the first stored image (64 for Tiny ImageNet)."""
     serialized = next(iter(tf.data.TFRecordDataset(files[:1]).batch(1)))
     return int(pipeline.parse_batch(serialized)[features.HEIGHT][0])
-
-
-def resolve_recipe(module_name: str, recipe: str):
-    """``importlib.import_module(module_name).get_recipe(recipe)``, or ``(None, why)``."""
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        return None, f"{module_name} not importable ({e})"
-    if not hasattr(module, "get_recipe"):
-        return None, f"{module_name} has no get_recipe"
-    try:
-        return module.get_recipe(recipe), None
-    except (ValueError, KeyError) as e:
-        return None, str(e)
 
 
 # ---------------------------------------------------------------------------- old way ---
@@ -232,7 +223,7 @@ def old_way_batches(src_dir: str, *, batch_size: int, image_size: int, seed: int
 
 def old_way_imgaug(python: str, src_dir: str, *, batch_size: int, image_size: int,
                    seconds: float, augment: bool = True) -> dict:
-    """Runs :mod:`old_way_imgaug` with ``python`` (a venv with imgaug 0.4) and returns its JSON.
+    """Runs ``old_way_imgaug.py`` with ``python`` (a venv with imgaug 0.4); returns its JSON.
 
     Raises:
       RuntimeError: with the child's last error line when it fails (e.g. imgaug missing).
@@ -289,11 +280,15 @@ def profile_ops(files, *, batch_size: int, image_size: int, storage: str, recipe
 
 def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int,
               resize_sizes, seconds: float, max_batches: Optional[int], recipe_name: str,
-              augment_module: str, stages, profile: bool, trace_dir: Optional[str],
+              recipe: Optional[Callable], stages, profile: bool, trace_dir: Optional[str],
               warmup_seconds: float = 3.0, deterministic: bool = True,
               imgaug_python: Optional[str] = None,
               log: Callable[[str], None] = print) -> dict:
-    """Runs the requested stages on one build and returns ``{stage: images/s, ...}``."""
+    """Runs the requested stages on one build and returns ``{stage: images/s, ...}``.
+
+    ``recipe`` is the augmentation timed in the ``train_augment*`` stages (``None`` skips
+    them with a note); ``recipe_name`` labels it.
+    """
     manifest = manifest_lib.load_manifest(data)
     files = manifest_lib.shard_paths(data, manifest, "train")
     storage = manifest["storage"]
@@ -302,10 +297,9 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     figures: dict = {"data": data, "storage": storage, "batch_size": batch_size,
                      "image_size": image_size, "cpus": os.cpu_count(),
                      "deterministic": deterministic, "stages": {},
-                     "notes": []}
-    recipe, why = resolve_recipe(augment_module, recipe_name)
+                     "notes": [], "machine": machine_description()}
     if recipe is None:
-        figures["notes"].append(f"train_augment skipped: {why}")
+        figures["notes"].append("train_augment skipped: no recipe")
 
     def record(name, batches, note=""):
         if name.split(":")[0] not in stages:
@@ -410,8 +404,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("warmup_seconds", 3.0, "Unmeasured seconds per stage first (thread "
                        "pools, autotuning, the shuffle buffer).")
     flags.DEFINE_integer("batches", None, "Measure this many batches per stage instead.")
-    flags.DEFINE_string("recipe", "student_net2", "augment recipe for train_augment.")
-    flags.DEFINE_string("augment_module", "augment", "Module providing get_recipe(name).")
+    flags.DEFINE_string("recipe", "student_net2", "augment recipe for train_augment "
+                        "(augment.get_recipe; 'none' skips the augment stages).")
     flags.DEFINE_list("stages", list(STAGES), "Stages to run.")
     flags.DEFINE_string("imgaug_python", None, "Python of a venv with imgaug==0.4.0 and "
                         "numpy<2, for the old_way_imgaug stage (the real seed-report path).")
@@ -422,15 +416,26 @@ def _define_flags() -> None:
 
 
 def main(argv) -> int:
-    del argv
+    """Maps the flags to :func:`run_bench`; prints the table and one JSON line."""
+    if len(argv) > 1:
+        print(f"pipeline bench: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
     unknown = set(FLAGS.stages) - set(STAGES)
     if unknown:
-        raise app.UsageError(f"unknown --stages {sorted(unknown)}; known: {STAGES}")
+        print(f"pipeline bench: error: unknown --stages {sorted(unknown)}; known: {STAGES}",
+              file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
+    try:
+        recipe = None if FLAGS.recipe == "none" else augment.get_recipe(FLAGS.recipe)
+        manifest_lib.load_manifest(FLAGS.data)
+    except (KeyError, ValueError, manifest_lib.BuildError) as e:
+        print(f"pipeline bench: error: {e}", file=sys.stderr)
+        return cli_lib.EXIT_BAD_INPUT
     figures = run_bench(
         FLAGS.data, src=FLAGS.src, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
         resize_sizes=[int(s) for s in FLAGS.resize_sizes], seconds=FLAGS.seconds,
-        max_batches=FLAGS.batches, recipe_name=FLAGS.recipe,
-        augment_module=FLAGS.augment_module, stages=set(FLAGS.stages),
+        max_batches=FLAGS.batches, recipe_name=FLAGS.recipe, recipe=recipe,
+        stages=set(FLAGS.stages),
         profile=FLAGS.profile, trace_dir=FLAGS.trace_dir,
         warmup_seconds=FLAGS.warmup_seconds, deterministic=FLAGS.deterministic,
         imgaug_python=FLAGS.imgaug_python)
@@ -441,4 +446,4 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli_lib.run(main, __name__)

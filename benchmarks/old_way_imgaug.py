@@ -1,9 +1,10 @@
 """The seed report's input path with the real imgaug 0.4, timed in its own interpreter.
 
 imgaug 0.4 (the last release) needs numpy < 2 and so cannot share a process with TensorFlow
-2.21; :mod:`tinyimagenet_tfrecords.bench` runs this file with the interpreter given by
+2.21; ``benchmarks/pipeline.py`` runs this file with the interpreter given by
 ``--imgaug_python`` (a small venv: ``pip install imgaug==0.4.0 'numpy<2' pillow``) and reads
-the JSON line it prints. Only numpy, PIL and imgaug are imported here.
+the JSON line it prints. Only numpy, PIL and imgaug are imported here: that venv has no absl,
+so this one script parses its arguments with argparse (exit 2 on bad usage, as absl tools).
 
 What it times is what Keras' ``ImageDataGenerator.flow_from_directory`` with the students'
 ``preprocessing_function`` did per image: load the JPEG with PIL as RGB, resize to the target
@@ -12,7 +13,7 @@ Figure 9, which builds its imgaug ``Sequential`` anew for every image), and stac
 Figure 9's ``pad_mode='nearest'`` and ``mode='nearest'`` are not imgaug pad modes; as in
 ``augment.recipes.student_net2`` we use constant padding with a random fill and ``edge``.
 
-    python tinyimagenet_tfrecords/old_way_imgaug.py --src tiny-imagenet-200 --seconds 10
+    python benchmarks/old_way_imgaug.py --src tiny-imagenet-200 --seconds 10
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -88,7 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     files = sorted(glob.glob(os.path.join(args.src, "train", "*", "images", "*")))
     if not files:
-        raise SystemExit(f"old_way_imgaug: no training images under {args.src}/train")
+        print(f"old_way_imgaug: error: no training images under {args.src}/train",
+              file=sys.stderr)
+        sys.exit(2)
     result = measure(files, batch_size=args.batch_size, image_size=args.image_size,
                      seconds=args.seconds, augment=not args.noaugment)
     print(json.dumps(result))

@@ -1,0 +1,118 @@
+"""training.evaluate: a model is checked against the build (classes, input size), unlabelled
+splits give predictions instead of a score, and the CLI exits 2 with one line on bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from training import evaluate
+from training.errors import RunError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+
+
+@pytest.fixture(scope="module")
+def test_build(tmp_path_factory):
+    """3 classes with an unlabelled test split of 5 images."""
+    from tinyimagenet_tfrecords import build as build_lib
+    from tinyimagenet_tfrecords import synthetic
+    root = tmp_path_factory.mktemp("evalbuild")
+    src = synthetic.make_synthetic_dataset(str(root / "src"), num_classes=3, train_per_class=4,
+                                           num_val=6, num_test=5, workers=1)
+    out = str(root / "build")
+    build_lib.build_dataset(src, out, shards=1, workers=1, splits=("train", "val", "test"),
+                            progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_model(test_build, tmp_path_factory):
+    """A tiny 16 px model saved as a run saves it: best.keras beside classes.json."""
+    import models
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    run = tmp_path_factory.mktemp("run")
+    model = models.build("net2", num_classes=3, image_size=16, width=0.0625)
+    path = str(run / "best.keras")
+    model.save(path)
+    wnids = [c["wnid"] for c in manifest_lib.load_manifest(test_build)["classes"]]
+    (run / "classes.json").write_text(json.dumps({"wnids": wnids}))
+    return path
+
+
+def test_model_trained_on_other_classes_is_refused(test_build, saved_model, tmp_path):
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    manifest = manifest_lib.load_manifest(test_build)
+    evaluate.check_classes(saved_model, 3, manifest, test_build)
+    other = tmp_path / "copy.keras"
+    other.write_bytes(b"")
+    (tmp_path / "copy.keras.classes.json").write_text(
+        json.dumps({"wnids": ["n00000001", "n00000002", "n00000003"]}))
+    with pytest.raises(RunError, match=r"copy.keras.classes.json: .*differ.*not in the build"):
+        evaluate.check_classes(str(other), 3, manifest, test_build)
+
+
+def test_model_input_size_is_used_and_a_conflicting_size_refused():
+    import models
+    fixed = models.build("net2", num_classes=3, image_size=16, width=0.0625)
+    assert evaluate.resolve_image_size(fixed, None, "m.keras") == 16
+    with pytest.raises(RunError, match=r"--image_size=64: m.keras takes 16 px"):
+        evaluate.resolve_image_size(fixed, 64, "m.keras")
+    any_size = models.build("net1", num_classes=3, width=0.0625)
+    assert evaluate.resolve_image_size(any_size, None, "m.keras") == 64
+    assert evaluate.resolve_image_size(any_size, 32, "m.keras") == 32
+    with pytest.raises(RunError, match=r"--image_size=60: .*multiple of 8"):
+        evaluate.resolve_image_size(any_size, 60, "m.keras")
+
+
+def test_unlabelled_split_is_refused_a_score_and_gets_predictions(test_build, saved_model,
+                                                                  tmp_path):
+    with pytest.raises(RunError, match=r"--split=test: .*unlabelled.*--predictions"):
+        evaluate.evaluate_model(saved_model, test_build, out=str(tmp_path / "r"), split="test",
+                                xla=False)
+    assert not (tmp_path / "r").exists()
+    csv_path = str(tmp_path / "pred.csv")
+    res = evaluate.evaluate_model(saved_model, test_build, predictions=csv_path, split="test",
+                                  xla=False)
+    assert res["predictions"] == 5 and res["image_size"] == 16
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    wnids = {c["wnid"] for c in json.load(open(os.path.join(test_build, "manifest.json")))
+             ["classes"]}
+    assert len(rows) == 5 and len({r["filename"] for r in rows}) == 5
+    assert all(r["filename"].startswith("test_") for r in rows), rows
+    for r in rows:
+        top = r["top5"].split()
+        assert top[0] == r["wnid"] and set(top) == wnids  # 3 classes: all of them, ranked
+
+
+@pytest.mark.slow  # a subprocess importing TensorFlow
+def test_cli_refuses_with_one_line_and_exit_2_and_no_module_warning(test_build, saved_model,
+                                                                     tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", f"--model={saved_model}",
+         f"--data={test_build}", "--split=test", f"--out={tmp_path}/r"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unlabelled" in lines[0], lines
+    assert "RuntimeWarning" not in proc.stderr
+
+
+def test_corrupt_shard_is_a_failure_naming_the_shard(test_build, saved_model, tmp_path):
+    import shutil
+
+    from training.errors import RunFailure
+    data = tmp_path / "data"
+    shutil.copytree(test_build, data)
+    shard = data / "val-00000-of-00001.tfrecord"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 16] = b"\0" * 16
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(RunFailure, match=r"val-00000-of-00001.tfrecord: corrupt shard"):
+        evaluate.evaluate_model(saved_model, str(data), out=str(tmp_path / "r"), xla=False,
+                                misclassified=0)

@@ -1,0 +1,81 @@
+"""Evaluate a saved model: ``python -m training.evaluate --model=<run>/best.keras --data=<build>
+--out=<folder>`` (or ``python -m training.evaluate_main``).
+
+Maps flags to :func:`training.evaluate.evaluate_model`. ``--split=test`` (unlabelled) cannot be
+scored: give ``--predictions=FILE.csv`` for a CSV of predicted wnids per image (filename,
+wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
+failure while running (e.g. a corrupt shard, a full disk).
+
+This module is not imported by the ``training`` package, so ``python -m`` runs it once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+from training import console
+
+console.quiet_tensorflow()
+
+flags.DEFINE_string("model", None, "a .keras model file (e.g. <run>/best.keras)")
+flags.DEFINE_string("data", None, "a finished TFRecord build folder")
+flags.DEFINE_string("out", None, "folder for the report files (labelled splits)")
+flags.DEFINE_string("predictions", None, "write a CSV of predictions (filename, wnid, top5) "
+                    "for every image of --split; the way to use the unlabelled test split")
+flags.DEFINE_string("split", "val", "split to evaluate")
+flags.DEFINE_integer("image_size", None, "evaluation image size; default: the model's own "
+                     "input size, or 64 for a model that takes any size", lower_bound=8)
+flags.DEFINE_integer("batch_size", 256, "evaluation batch size", lower_bound=1)
+flags.DEFINE_bool("xla", True, "compile the eval step with XLA")
+flags.DEFINE_integer("misclassified", 36, "images in the misclassified grid", lower_bound=0)
+flags.DEFINE_integer("worst_classes", 10, "worst classes to list and plot", lower_bound=1)
+
+FLAGS = flags.FLAGS
+
+
+def _fail(msg: str, status: int) -> None:
+    print(f"evaluate: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    if not FLAGS.model or not FLAGS.data:
+        _fail("--model and --data are required (and --out and/or --predictions)", 2)
+    console.import_tensorflow_quietly()
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    from training import evaluate
+    from training import reports
+    from training.errors import RunError, RunFailure
+    try:
+        result = evaluate.evaluate_model(
+            FLAGS.model, FLAGS.data, out=FLAGS.out, predictions=FLAGS.predictions,
+            split=FLAGS.split, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+            xla=FLAGS.xla, misclassified=FLAGS.misclassified, worst_classes=FLAGS.worst_classes)
+    except (RunError, manifest_lib.BuildError) as e:
+        _fail(str(e).splitlines()[0], 2)
+    except RunFailure as e:
+        _fail(str(e).splitlines()[0], 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    if result["report"] is not None:
+        print(reports.report_text(result["report"]), end="")
+    if result["predictions"] is not None:
+        print(f"predictions: {result['predictions']} images of split {FLAGS.split} -> "
+              f"{FLAGS.predictions}", file=sys.stderr)
+
+
+def run():
+    """Entry point: ``--help`` lists this module's flags."""
+    module = sys.modules[__name__]
+    for fl in FLAGS.get_key_flags_for_module(module):
+        FLAGS.register_key_flag_for_module(sys.argv[0], fl)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,98 @@
+"""``training.run``: the fit loop inside the checks and guards every run gets.
+
+Before anything is written: the settings (``config.validate``), the build's manifest and its
+shards. Then the output folder is checked and locked (:class:`run_folder.RunFolder`) and the
+fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training.errors`, with
+a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
+output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
+which epoch the run stopped. A run that stops before its first checkpoint on a fresh
+``--out`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+
+from tinyimagenet_tfrecords import manifest as manifest_lib
+from training import cluster as cluster_lib
+from training import config as config_lib
+from training import run_folder
+from training import shards
+from training.errors import Interrupted, RunFailure
+
+
+def prepare(cfg: config_lib.RunConfig) -> dict:
+    """Every check that needs no output folder; returns the build's manifest.
+
+    Raises:
+      config.ConfigError: a bad setting. manifest.BuildError: a missing, unfinished or
+        incomplete build (a listed shard missing).
+    """
+    import augment  # pylint: disable=import-outside-toplevel
+    import models  # pylint: disable=import-outside-toplevel
+    config_lib.validate(cfg, recipe_names=augment.RECIPE_NAMES, model_names=models.NAMES)
+    manifest = manifest_lib.load_manifest(cfg.data)
+    manifest_lib.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
+                                                        if s in manifest["splits"]))
+    return manifest
+
+
+def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
+    """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
+
+    Args:
+      cfg: the settings (validated here).
+      flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
+
+    Raises:
+      config.ConfigError, manifest.BuildError, RunError: bad input, nothing written.
+      RunFailure: the run broke while running (the last checkpoint is kept).
+      Interrupted: KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by ``train_main``).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from training import loop  # pylint: disable=import-outside-toplevel
+
+    manifest = prepare(cfg)
+    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
+    # Several workers: only the chief checks, locks and writes --out (training.cluster).
+    folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) \
+        if cluster_lib.writes_run_folder(cluster_lib.from_environment()) \
+        else contextlib.nullcontext()
+    with folder:
+        try:
+            return loop.run(cfg, flags_text=flags_text)
+        except KeyboardInterrupt:
+            epoch = run_folder.last_checkpoint_epoch(cfg.out)
+            where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
+            raise Interrupted(f"interrupted {where}; run the same command to resume") from None
+        except tf.errors.DataLossError as e:
+            raise shards.data_loss_failure(cfg.data, manifest, e) from None
+        except tf.errors.ResourceExhaustedError as e:
+            if "space" not in str(e).lower():
+                raise
+            raise disk_full(cfg.out, e) from None
+        except tf.errors.PermissionDeniedError as e:
+            raise RunFailure(f"{_path_in(cfg.out, str(e))}: permission denied while "
+                             "writing the run's outputs") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise disk_full(cfg.out, e) from None
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise RunFailure(f"{e.filename or cfg.out}: {e.strerror}") from None
+            raise
+
+
+def _path_in(out: str, message: str) -> str:
+    """The first path under ``out`` quoted in an error message, else ``out``."""
+    match = re.search(re.escape(os.path.abspath(out)) + r"[^\s;:'\"]*", message)
+    return match.group(0) if match else out
+
+
+def disk_full(out: str, error: Exception) -> RunFailure:
+    """The one-line failure for a full disk (checkpoint temporaries are already removed)."""
+    path = getattr(error, "filename", None) or _path_in(out, str(error))
+    return RunFailure(f"{path}: no space left on device while writing the run's outputs; "
+                      "free space and run the same command to resume from the last checkpoint")
