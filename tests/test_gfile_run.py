@@ -81,7 +81,8 @@ def test_whole_run_reads_its_build_and_writes_checkpoints_and_reports_on_ram_url
     with tf.io.gfile.GFile(out + "/history.json") as f:
         history = json.load(f)
     assert [r["epoch"] for r in history] == [1, 2]
-    assert not [n for n in names if n.startswith(".tmp-")]
+    assert not [n for n in names if n.startswith(".tmp-")] and "run.lock" not in names
+    assert "classes.json" in names
     # The same command again finds the run finished in its ram:// checkpoints.
     again = training.run(cfg)
     assert again["epochs"] == 2 and again["last"] == summary["last"]
