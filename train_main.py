@@ -137,9 +137,10 @@ def build_config(f, cli_phases: list[str] | None = None) -> config_lib.RunConfig
                 raise config_lib.ConfigError(f"--{name}: does not apply without "
                                              "--make_synthetic_data")
     kwargs = {field.name: f[field.name].value for field in config_lib.flag_fields()}
+    from training import fileio
     for key in ("data", "out"):
         if kwargs[key]:
-            kwargs[key] = os.path.abspath(kwargs[key])
+            kwargs[key] = fileio.abspath(kwargs[key])  # URLs (gs://, ram://, ...) unchanged
     return config_lib.RunConfig(phases=phases, **kwargs)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 SCHEDULES = ("constant", "triangular2")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "mirrored", "default")
+STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 # Every model downsamples by 8 (three 2x2 poolings / SpaceToDepth): its input side must be a
 # multiple of this (``models.layers.check_image_size``; a test pins the table to models/).
 SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8}
@@ -113,8 +113,13 @@ class RunConfig:
         False, "synchronised BatchNorm: batch statistics over all replicas' examples "
         "(recommended when the per-replica batch is below 16)")
     xla: bool = setting(True, "compile the per-replica train step with XLA")
-    strategy: str = setting("auto", "auto: MirroredStrategy over several GPUs, else default",
+    strategy: str = setting("auto", "auto: MultiWorkerMirroredStrategy under a multi-worker "
+                            "TF_CONFIG, else MirroredStrategy over several GPUs, else default; "
+                            "multiworker: force the multi-worker strategy",
                             choices=STRATEGIES)
+    cluster_timeout: float = setting(
+        300.0, "multi-worker: seconds to wait for every worker of TF_CONFIG to join (and for "
+        "a silent worker before the others give up)", runtime_only=True)
     seed: int = setting(0, "base seed of initialisation, data order and augmentation")
     deterministic: bool = setting(False, "enable TF op determinism (exact resume/repeat)")
     checkpoint_every: int = setting(1, "checkpoint every N epochs (and at the end)",
@@ -204,6 +209,7 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(cfg.lr_schedule in SCHEDULES, f"--lr_schedule={cfg.lr_schedule}: one of {SCHEDULES}")
     need(cfg.precision in PRECISIONS, f"--precision={cfg.precision}: one of {PRECISIONS}")
     need(cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: one of {STRATEGIES}")
+    need(cfg.cluster_timeout > 0, f"--cluster_timeout={cfg.cluster_timeout}: must be > 0")
     need(model_names is None or cfg.model in model_names,
          f"--model={cfg.model}: one of {tuple(model_names or ())}")
     need(cfg.width > 0, f"--width={cfg.width}: must be > 0")

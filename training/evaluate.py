@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from training import fileio
 from training import reports
 from training.errors import RunError, RunFailure
 
@@ -109,7 +110,7 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
                          batch_size=batch_size, xla=xla, keep_outputs=True)
     rows = reports.per_class_accuracy(res["labels"], res["preds"], classes)
     worst = reports.worst_classes(rows, worst_k)
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)  # local or any tf.io.gfile URL
     files = {k: os.path.join(out_dir, v) for k, v in (
         ("json", "report.json"), ("text", "report.txt"), ("per_class", "per_class.csv"),
         ("worst_plot", "worst_classes.png"), ("misclassified", "misclassified.png"))}
@@ -148,8 +149,8 @@ def classes_path(model_path: str) -> str | None:
     """The class list that goes with a saved model: ``<model>.classes.json``, else the run
     folder's ``classes.json`` beside it; None when there is neither."""
     for path in (model_path + "." + CLASSES_NAME,
-                 os.path.join(os.path.dirname(os.path.abspath(model_path)), CLASSES_NAME)):
-        if os.path.isfile(path):
+                 os.path.join(os.path.dirname(fileio.abspath(model_path)), CLASSES_NAME)):
+        if fileio.isfile(path):
             return path
     return None
 
@@ -159,8 +160,7 @@ def check_classes(model_path: str, num_outputs: int, manifest: dict, build_dir: 
     wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
     path = classes_path(model_path)
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            model_wnids = json.load(f).get("wnids")
+        model_wnids = json.loads(fileio.read_text(path)).get("wnids")
         if model_wnids != wnids:
             only_model = sorted(set(model_wnids or ()) - set(wnids))
             detail = (f"e.g. {only_model[0]} is not in the build" if only_model
@@ -279,7 +279,7 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     from tinyimagenet_tfrecords import manifest as manifest_lib
     if not out and not predictions:
         raise RunError("give --out (a report) and/or --predictions (a CSV of predictions)")
-    if not os.path.isfile(model_path):
+    if not fileio.isfile(model_path):
         raise RunError(f"--model={model_path}: no such model file")
     manifest = manifest_lib.load_manifest(build_dir)
     if split not in manifest["splits"]:

@@ -37,9 +37,12 @@ import augment
 import models
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
+from training import cluster as cluster_lib
 from training import config as config_lib
 from training import console
 from training import evaluate as evaluate_lib
+from training import fileio
+from training import multiworker
 from training import optimizers as optimizers_lib
 from training import reports
 from training import schedules
@@ -116,20 +119,27 @@ class WeightCopy(tf.Module):
         self.epoch.assign(0)
 
 
+def batch_norm_layers(model: keras.Model) -> list:
+    """Every BatchNormalization layer of ``model``, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += batch_norm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     """Sets every BatchNormalization layer's moving-average momentum; returns how many.
 
     Keras' 0.99 needs several hundred steps before the moving statistics used at validation
     describe the network; short CPU runs (tests, demos) use e.g. 0.9. Full recipes keep 0.99.
     """
-    n = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):  # a nested model: its layers too
-            n += set_bn_momentum(layer, momentum)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = float(momentum)
-            n += 1
-    return n
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
 
 
 def xla_compiled(step: steps_lib.TrainStep) -> bool:
@@ -159,6 +169,10 @@ def _log(msg: str) -> None:
 def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
+    Under a multi-worker ``TF_CONFIG`` every worker calls this with the same ``cfg``; only
+    the chief writes ``cfg.out`` (see ``training.multiworker``), and a lost worker ends the
+    others with a ``RunFailure``.
+
     Args:
       cfg: the validated settings.
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
@@ -167,6 +181,12 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
       RunError: bad output folder. ``manifest.BuildError``: missing or unfinished data.
       ``config.ConfigError``: bad settings.
     """
+    cluster = cluster_lib.from_environment()
+    with cluster_lib.peer_failures(cluster):
+        return _run(cfg, cluster, flags_text=flags_text)
+
+
+def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
     manifest = manifest_lib.load_manifest(cfg.data)
     config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
     num_train = manifest["splits"]["train"]["num_examples"]
@@ -176,19 +196,23 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     _setup_precision(cfg.precision)
-    strategy = strategy_lib.make_strategy(cfg.strategy)
+    strategy = strategy_lib.make_strategy(cluster_lib.strategy_name(cfg.strategy, cluster),
+                                          cluster=cluster, timeout_s=cfg.cluster_timeout)
+    chief = cluster_lib.is_chief(strategy)  # the only writer of cfg.out
     for i, p in enumerate(cfg.phases, 1):
         if p.batch_size % strategy.num_replicas_in_sync:
             raise RunError(f"phase {i}: global batch {p.batch_size} is not divisible by "
                            f"{strategy.num_replicas_in_sync} replicas")
     # Only now, with every input checked, is the output folder touched.
     fingerprint = cfg.fingerprint()
-    resuming = check_output_folder(cfg.out, fingerprint)
-    os.makedirs(cfg.out, exist_ok=True)
-    if not resuming:
-        reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
-    if flags_text:
-        reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
+    cluster_lib.check_same_settings(strategy, fingerprint)
+    if chief:
+        resuming = check_output_folder(cfg.out, fingerprint)
+        fileio.makedirs(cfg.out)
+        if not resuming:
+            reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
+        if flags_text:
+            reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
 
     _log(f"strategy: {strategy_lib.describe(strategy)}; XLA {'on' if cfg.xla else 'off'}; "
          f"precision {cfg.precision}")
@@ -201,36 +225,39 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
             set_bn_synchronized(model)
         optimizer = optimizers_lib.make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
-        state = TrainState()
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
     _warn_small_replica_batches(cfg, strategy.num_replicas_in_sync)
     if cfg.sync_bn and cfg.xla and strategy.num_replicas_in_sync > 1:
         _log("warning: --sync_bn with several replicas: the per-replica step runs without XLA "
              "(MirroredStrategy's all-reduce cannot sit inside the compiled function)")
+    # Loop bookkeeping is per process, not mirrored: MultiWorkerMirroredStrategy cannot
+    # broadcast the string history to the other workers (every worker computes the same one).
+    state = TrainState()
     best = WeightCopy(model, "best")
     parts = dict(model=model, optimizer=optimizer, state=state, plateau=plateau, best=best)
     phase_best = None
     if any(p.init == "best" for p in cfg.phases):
         phase_best = parts["phase_best"] = WeightCopy(model, "phase_best")
     ckpt = tf.train.Checkpoint(**parts)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
-                                         max_to_keep=cfg.keep_checkpoints)
+    manager = multiworker.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
+                                            chief=chief, max_to_keep=cfg.keep_checkpoints)
     best_path = os.path.join(cfg.out, "best.keras")
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         _log(f"resumed from {manager.latest_checkpoint} after epoch {int(state.epoch.numpy())}")
     exported = 0  # the epoch whose best weights best.keras holds (0: none written by us)
-    if manager.latest_checkpoint and int(best.epoch.numpy()):
+    if chief and manager.latest_checkpoint and int(best.epoch.numpy()):
         # The checkpoint is the record: best.keras may lag it (killed before the export).
         _export_best(model, best, best_path)
         exported = int(best.epoch.numpy())
     history = state.get_history()
-    _write_history(cfg.out, history)
+    if chief:
+        _write_history(cfg.out, history)
 
     eval_step = steps_lib.make_eval_step(model, xla=cfg.xla)
     train_steps: dict[tuple, steps_lib.TrainStep] = {}
-    writer = tf.summary.create_file_writer(os.path.join(cfg.out, "tensorboard"))
+    writer = multiworker.summary_writer(os.path.join(cfg.out, "tensorboard"), chief=chief)
     stream = None  # (phase index, iterator over the training stream)
 
     for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
@@ -258,8 +285,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         row = _train_epoch(cfg, step, optimizer, stream[1], epoch=epoch, phase_idx=phase_idx,
                            phase=phase, n_steps=n_steps, compiling=compiling)
         state.examples.assign_add(n_steps * phase.batch_size)
-        val = evaluate_lib.evaluate_split(model, cfg.data, image_size=cfg.val_image_size,
-                                          batch_size=cfg.eval_batch_size, eval_step=eval_step)
+        val = multiworker.evaluate_split(strategy, model, cfg.data, eval_step=eval_step,
+                                         image_size=cfg.val_image_size,
+                                         batch_size=cfg.eval_batch_size)
         row.update(val_loss=val["loss"] + steps_lib.regularization_loss(model),
                    val_acc=val["top1"], val_top5=val["top5"])
         row["seconds"] = time.perf_counter() - row.pop("_t0")
@@ -288,10 +316,11 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.total_epochs:
             manager.save(checkpoint_number=epoch + 1)
             # best.keras follows the checkpoint that records it, never precedes it.
-            if int(best.epoch.numpy()) != exported:
+            if chief and int(best.epoch.numpy()) != exported:
                 _export_best(model, best, best_path)
                 exported = int(best.epoch.numpy())
-        _write_history(cfg.out, history)
+        if chief:
+            _write_history(cfg.out, history)
         _summaries(writer, row)
 
     writer.flush()
@@ -301,7 +330,9 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
                "replicas": strategy.num_replicas_in_sync,
                "xla_compiled": {"/".join(map(str, sig)): xla_compiled(s)
                                 for sig, s in train_steps.items()}}
-    if os.path.isfile(best_path):
+    if not chief:
+        return summary
+    if fileio.isfile(best_path):
         best = evaluate_lib.load_model(best_path)
         report = evaluate_lib.write_report(
             best, cfg.data, os.path.join(cfg.out, "eval"), manifest=manifest,
@@ -315,12 +346,18 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
 
 def _training_stream(cfg, strategy, phase, start_example: int):
-    """An iterator over the run's training stream from example ``start_example`` on, batched
-    and sized for ``phase`` (``pipeline.training_records``: seeded passes, each covering every
-    training example once, whatever the epoch length)."""
-    input_fn = pipeline.make_input_fn(
-        cfg.data, "train", global_batch_size=phase.batch_size, image_size=phase.image_size,
-        training=True, seed=cfg.seed, deterministic=True, start_example=start_example)
+    """An iterator over the run's training stream from global example ``start_example`` on,
+    batched and sized for ``phase``.
+
+    Replica r of R reads part r of the shards wherever it runs (``training.multiworker``),
+    each part its own stream of seeded passes (``pipeline.training_records``) that starts at
+    ``start_example // R``: every replica consumed the same share of each global batch.
+    """
+    replicas = strategy.num_replicas_in_sync
+    input_fn = multiworker.per_replica_input_fn(lambda parts, part: pipeline.make_dataset(
+        cfg.data, "train", batch_size=phase.batch_size // parts, image_size=phase.image_size,
+        training=True, seed=cfg.seed, deterministic=True, num_input_pipelines=parts,
+        input_pipeline_id=part, start_example=start_example // replicas))
     return iter(strategy.distribute_datasets_from_function(input_fn))
 
 
@@ -407,7 +444,7 @@ def _save_model_atomic(model: keras.Model, path: str) -> None:
     """``model.save`` to a temporary ``.keras`` next to ``path``, then ``os.replace``."""
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     model.save(tmp)
-    os.replace(tmp, path)
+    fileio.replace(tmp, path)
 
 
 def _export_best(model: keras.Model, best: WeightCopy, path: str) -> None:
@@ -425,12 +462,10 @@ def _export_best(model: keras.Model, best: WeightCopy, path: str) -> None:
 def set_bn_synchronized(model: keras.Model) -> int:
     """Makes every BatchNormalization layer compute batch statistics over all replicas
     (Keras' ``synchronized=True``: an all-reduce of the moments); returns how many."""
-    n = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-            n += 1
-    return n
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
 
 
 # BatchNorm over fewer examples than this per replica gives noisy statistics.

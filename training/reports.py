@@ -1,8 +1,9 @@
 """Run outputs: atomic file writes, the per-epoch CSV, curves, and the evaluation report.
 
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a run killed at any moment leaves either the old or the new file, never a
-truncated one.
+Every file is written to a temporary name in the same folder and moved into place
+(``training.fileio.atomic_write_bytes``), so a run killed at any moment leaves either the old
+or the new file, never a truncated one. Paths may be local or any ``tf.io.gfile`` URL; local
+files get the permissions the user's umask gives (not a temporary file's 0600).
 """
 
 from __future__ import annotations
@@ -11,30 +12,19 @@ import csv
 import io
 import json
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from training import fileio
 
 CSV_FIELDS = ("epoch", "phase", "image_size", "batch_size", "lr", "loss", "acc", "val_loss",
               "val_acc", "val_top5", "images_per_s", "seconds")
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes ``data`` to ``path`` (local or URL) via a temporary file moved into place."""
+    fileio.atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -15,9 +15,9 @@ import glob
 import json
 import os
 import re
-import shutil
 import socket
 
+from training import fileio
 from training.errors import RunError, RunFailure
 
 CONFIG_NAME = "config.json"
@@ -33,21 +33,20 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
       RunError: ``out`` is a file, or holds a ``config.json`` with other settings, or holds
         files but no ``config.json`` (not a run folder: nothing is overwritten).
     """
-    if os.path.exists(out) and not os.path.isdir(out):
+    if fileio.exists(out) and not fileio.isdir(out):
         raise RunError(f"--out={out} is a file, not a folder")
     path = os.path.join(out, CONFIG_NAME)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError:
-                raise RunError(f"{path}: not valid JSON; not a run folder of this program")
+    if fileio.isfile(path):
+        try:
+            old = json.loads(fileio.read_text(path))
+        except json.JSONDecodeError:
+            raise RunError(f"{path}: not valid JSON; not a run folder of this program")
         if old != fingerprint:
             diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             raise RunError(f"--out={out} holds another run (settings differ: {', '.join(diff)}); "
                            "use a new --out or the same flags to resume")
         return True
-    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_NAME, CLASSES_NAME}:
+    if fileio.isdir(out) and set(fileio.listdir(out)) - {LOCK_NAME, CLASSES_NAME}:
         raise RunError(f"--out={out} is not empty and holds no {CONFIG_NAME}; "
                        "refusing to write into it")
     return False
@@ -56,10 +55,9 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
 def check_classes(out: str, wnids: list[str]) -> None:
     """Refuses to resume a run on a build with other classes (``classes.json`` differs)."""
     path = os.path.join(out, CLASSES_NAME)
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         return
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f).get("wnids")
+    old = json.loads(fileio.read_text(path)).get("wnids")
     if old != list(wnids):
         raise RunError(f"{path}: this run was trained on {len(old or ())} other classes than "
                        f"the build's {len(wnids)}; use the build it was started on")
@@ -75,16 +73,25 @@ def last_checkpoint_epoch(out: str) -> int:
 
 def remove_checkpoint_temps(out: str) -> list[str]:
     """Removes the ``ckpt-N_temp*`` folders a failed checkpoint write leaves behind."""
-    temps = glob.glob(os.path.join(out, CHECKPOINTS, "*_temp*"))
+    pattern = os.path.join(out, CHECKPOINTS, "*_temp*")
+    if fileio.is_url(out):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        temps = tf.io.gfile.glob(pattern)
+    else:
+        temps = glob.glob(pattern)
     for path in temps:
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+        fileio.rmtree(path) if fileio.isdir(path) else _unlink(path)
     return temps
 
 
 def _unlink(path: str) -> None:
     try:
-        os.remove(path)
-    except OSError:
+        if fileio.is_url(path):
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            tf.io.gfile.remove(path)
+        else:
+            os.remove(path)
+    except (OSError, Exception):  # noqa: BLE001 - gfile raises tf.errors, not OSError
         pass
 
 
@@ -118,6 +125,18 @@ class RunLock:
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        if fileio.is_url(self.path):
+            # Object stores have no exclusive create: refuse a lock held elsewhere, then take it
+            # (a race between two starts within moments is not caught there).
+            holder = self._read()
+            if holder and holder != me:
+                raise RunError(
+                    f"--out={os.path.dirname(self.path)} is in use by another training (pid "
+                    f"{holder.get('pid')} on {holder.get('host')}, lock {self.path}); wait for "
+                    "it or delete the lock if that run is gone")
+            fileio.atomic_write_bytes(self.path, json.dumps(me).encode("utf-8"))
+            self.held = True
+            return
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -139,8 +158,9 @@ class RunLock:
 
     def _read(self) -> dict:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
+            if fileio.is_url(self.path) and not fileio.exists(self.path):
+                return {}
+            data = json.loads(fileio.read_text(self.path))
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -179,12 +199,12 @@ class RunFolder:
             check_classes(self.out, self.wnids)
         self.fresh = not self.resuming
         try:
-            if not os.path.isdir(self.out):
-                os.makedirs(self.out)
+            if not fileio.isdir(self.out):
+                fileio.makedirs(self.out)
                 self.created = True
             self.lock.acquire()
             classes = os.path.join(self.out, CLASSES_NAME)
-            if not os.path.isfile(classes):
+            if not fileio.isfile(classes):
                 from training import reports  # pylint: disable=import-outside-toplevel
                 reports.atomic_write_json(classes, {"wnids": self.wnids})
         except OSError as e:
@@ -207,15 +227,14 @@ class RunFolder:
     def _cleanup(self) -> None:
         if not self.lock.held:  # another process owns the folder: touch nothing of it
             if self.created:
-                shutil.rmtree(self.out, ignore_errors=True)
+                fileio.rmtree(self.out)
             return
         remove_checkpoint_temps(self.out)
-        if self.fresh and os.path.isdir(self.out) and not last_checkpoint_epoch(self.out):
+        if self.fresh and fileio.isdir(self.out) and not last_checkpoint_epoch(self.out):
             if self.created:
-                shutil.rmtree(self.out, ignore_errors=True)
+                fileio.rmtree(self.out)
             else:
-                for name in os.listdir(self.out):
+                for name in fileio.listdir(self.out):
                     path = os.path.join(self.out, name)
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) \
-                        else _unlink(path)
+                    fileio.rmtree(path) if fileio.isdir(path) else _unlink(path)
         self.lock.release()

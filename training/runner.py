@@ -11,11 +11,13 @@ which epoch the run stopped. A run that stops before its first checkpoint on a f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 
 from tinyimagenet_tfrecords import manifest as manifest_lib
+from training import cluster as cluster_lib
 from training import config as config_lib
 from training import run_folder
 from training import shards
@@ -55,7 +57,11 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
     manifest = prepare(cfg)
     wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
-    with run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids):
+    # Several workers: only the chief checks, locks and writes --out (training.cluster).
+    folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) \
+        if cluster_lib.writes_run_folder(cluster_lib.from_environment()) \
+        else contextlib.nullcontext()
+    with folder:
         try:
             return loop.run(cfg, flags_text=flags_text)
         except KeyboardInterrupt:

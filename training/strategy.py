@@ -23,15 +23,25 @@ def configure_logical_cpus(n: int) -> None:
         cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+def make_strategy(name: str = "auto", *, cluster=None,
+                  timeout_s: float = 300) -> tf.distribute.Strategy:
     """The strategy for ``name``.
 
     Args:
       name: ``"auto"``: MirroredStrategy over all GPUs when there are several, else over all
         logical CPUs when there are several (tests), else the default strategy;
         ``"mirrored"``: MirroredStrategy over all GPUs (or all CPUs without a GPU) even for one
-        device; ``"default"``: no distribution.
+        device; ``"default"``: no distribution; ``"multiworker"``: MultiWorkerMirroredStrategy
+        over every worker of ``cluster`` (``training.cluster.Cluster``, from ``TF_CONFIG``),
+        each with all its GPUs (or its CPU), once all joined within ``timeout_s`` seconds.
+      cluster: this process's place in a multi-worker job; only for ``"multiworker"``.
+      timeout_s: how long ``"multiworker"`` waits for the other workers.
     """
+    if name == "multiworker":
+        from training import cluster as cluster_lib
+        if cluster is None:
+            raise ValueError("the multiworker strategy needs a cluster (TF_CONFIG)")
+        return cluster_lib.make_multiworker_strategy(cluster, timeout_s=timeout_s)
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     if name == "default" or (name == "auto" and len(devices) < 2):
@@ -50,5 +60,10 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         devices = tuple(strategy.extended.worker_devices)
     except RuntimeError:  # the default strategy has no device list
         devices = ("default device",)
-    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s): "
-            + ", ".join(devices))
+    name = type(strategy).__name__
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from training import cluster as cluster_lib
+        n, i = cluster_lib.num_workers(strategy), cluster_lib.worker_id(strategy)
+        name = (f"MultiWorkerMirroredStrategy (worker {i} of {n}"
+                f"{', the chief' if i == 0 else ''})")
+    return (f"{name} with {strategy.num_replicas_in_sync} replica(s): " + ", ".join(devices))

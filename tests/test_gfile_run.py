@@ -1,0 +1,89 @@
+"""Runs on any tf.io.gfile storage: a whole run on ``ram://`` paths, and local run outputs
+that get the user's umask."""
+
+import json
+import os
+import stat
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+def _copy_tree_to(src: str, dst: str) -> None:
+    import tensorflow as tf
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(src):
+        tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
+
+
+def test_run_outputs_respect_the_umask_not_a_private_temporary_mode(tmp_path):
+    from training import reports
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "history.json")
+        reports.atomic_write_json(path, {"a": 1})
+        reports.atomic_write_json(path, {"a": 2})  # replacing keeps the umask's mode
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    with open(path) as f:
+        assert json.load(f) == {"a": 2}
+    assert os.listdir(tmp_path) == ["history.json"]  # no temporary file left
+
+
+def test_atomic_writes_work_on_a_gfile_url():
+    import tensorflow as tf
+    from training import fileio
+    path = "ram://fileio-test/sub/x.json"
+    fileio.atomic_write_bytes(path, b"one")
+    fileio.atomic_write_bytes(path, b"two")
+    assert fileio.read_bytes(path) == b"two"
+    assert fileio.isfile(path) and fileio.isdir("ram://fileio-test/sub")
+    assert fileio.listdir("ram://fileio-test/sub") == ["x.json"]
+    assert fileio.abspath(path) == path
+    tf.io.gfile.rmtree("ram://fileio-test")
+
+
+def test_manifest_loads_from_a_gfile_url_and_names_a_missing_one(synthetic_build):
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    _copy_tree_to(synthetic_build, "ram://manifest-test/build")
+    m = manifest_lib.load_manifest("ram://manifest-test/build")
+    assert m["splits"]["train"]["num_examples"] == 1000
+    with pytest.raises(manifest_lib.BuildError, match="ram://nowhere"):
+        manifest_lib.load_manifest("ram://nowhere/build")
+
+
+@pytest.mark.slow
+def test_whole_run_reads_its_build_and_writes_checkpoints_and_reports_on_ram_urls(
+        synthetic_build):
+    import tensorflow as tf
+    import training
+    from training import config as config_lib
+    data, out = "ram://gfile-run/build", "ram://gfile-run/run"
+    _copy_tree_to(synthetic_build, data)
+    phase = config_lib.Phase(epochs=2, image_size=16, batch_size=16, augment="none",
+                             plateau=False)
+    cfg = config_lib.RunConfig(
+        data=data, out=out, model="net2", width=0.0625, phases=(phase,), steps_per_epoch=2,
+        val_image_size=16, eval_batch_size=64, bn_momentum=0.9, xla=False, progress=False,
+        misclassified=4, worst_classes=3, strategy="default")
+    summary = training.run(cfg, flags_text="--model=net2\n")
+    assert summary["epochs"] == 2
+    names = set(tf.io.gfile.listdir(out))
+    for want in ("config.json", "flags.txt", "history.csv", "history.json", "loss.png",
+                 "accuracy.png", "best.keras", "summary.json"):
+        assert want in names, names
+    assert tf.io.gfile.glob(out + "/checkpoints/ckpt-2.index")
+    assert tf.io.gfile.glob(out + "/tensorboard/events.out.tfevents*")
+    with tf.io.gfile.GFile(out + "/eval/report.json") as f:
+        assert json.load(f)["count"] == 200
+    with tf.io.gfile.GFile(out + "/history.json") as f:
+        history = json.load(f)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert not [n for n in names if n.startswith(".tmp-")] and "run.lock" not in names
+    assert "classes.json" in names
+    # The same command again finds the run finished in its ram:// checkpoints.
+    again = training.run(cfg)
+    assert again["epochs"] == 2 and again["last"] == summary["last"]
+    tf.io.gfile.rmtree("ram://gfile-run")
