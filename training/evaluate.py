@@ -45,7 +45,7 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
       keep_outputs: also return ``labels`` and ``preds`` (numpy) for per-class reports.
 
     Returns:
-      ``{"loss", "top1", "top5", "count"}`` (+ ``labels``, ``preds``, ``true_probs``); the
+      ``{"loss", "top1", "top5", "count"}`` (+ ``labels``, ``preds``); the
       loss is mean cross-entropy (no weight decay).
     """
     from tinyimagenet_tfrecords import pipeline
