@@ -56,3 +56,24 @@ def synthetic_build(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synthetic") / "build")
     make_synthetic_build(out, num_classes=10, train_per_class=100, val_per_class=20, seed=0)
     return out
+
+
+class SimulatedKill(BaseException):
+    """Raised by :func:`kill_after_epoch`; a BaseException so no ``except Exception`` in the
+    product swallows it, as nothing can catch a real SIGKILL."""
+
+
+def kill_after_epoch(monkeypatch, epoch: int) -> None:
+    """Makes the next in-process ``training.run`` stop dead once epoch ``epoch`` (1-based) is
+    fully recorded (checkpoint, best.keras, history, summaries), as a kill at that moment
+    would. Fires once: the run that resumes afterwards goes on normally."""
+    from training import loop
+    real, fired = loop._summaries, []
+
+    def summaries(writer, row):
+        real(writer, row)
+        if row["epoch"] == epoch and not fired:
+            fired.append(True)
+            raise SimulatedKill(f"killed after epoch {epoch}")
+
+    monkeypatch.setattr(loop, "_summaries", summaries)

@@ -9,13 +9,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import SimulatedKill, kill_after_epoch  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-
-class _Killed(Exception):
-    pass
 
 
 def _cfg(build, out, *, init="best", epochs=(3, 1), **kw):
@@ -88,9 +86,9 @@ def test_resumed_run_rewrites_best_keras_from_its_checkpoint(synthetic_build, tm
 
     import training
     out = tmp_path / "run"
-    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(_Killed()))
-    with pytest.raises(_Killed):
-        training.run(_cfg(synthetic_build, out, init="last", stop_after_epoch=2))
+    kill_after_epoch(monkeypatch, 2)
+    with pytest.raises(SimulatedKill):
+        training.run(_cfg(synthetic_build, out, init="last"))
     # As if killed between the checkpoint and the export: best.keras is stale or missing.
     os.remove(out / "best.keras")
     events, _ = _spy(monkeypatch)
@@ -145,10 +143,10 @@ def test_init_best_starts_the_phase_from_the_previous_phase_best(synthetic_build
 
     # Killed at the end of phase 1 and resumed: the same start, from the checkpoint.
     cut = tmp_path / "cut"
-    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(_Killed()))
     calls.clear()
-    with pytest.raises(_Killed):
-        training.run(_cfg(synthetic_build, cut, stop_after_epoch=3))
+    kill_after_epoch(monkeypatch, 3)
+    with pytest.raises(SimulatedKill):
+        training.run(_cfg(synthetic_build, cut))
     _, starts2 = _spy(monkeypatch)
     training.run(_cfg(synthetic_build, cut))
     for a, b in zip(dict(starts2)[3], phase2_start, strict=True):

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from conftest import SimulatedKill, kill_after_epoch  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tinyimagenet_tfrecords import features  # noqa: E402
@@ -88,25 +89,25 @@ def _spy_on_streams(monkeypatch):
     """Records, per training stream the loop builds, its start and the labels it delivers."""
     from training import loop
     streams = []
-    real = loop.pipeline.make_input_fn
+    real = loop.pipeline.make_dataset
 
-    def spy(*args, **kwargs):
-        input_fn = real(*args, **kwargs)
+    def spy(build_dir, split, **kwargs):
+        ds = real(build_dir, split, **kwargs)
+        if split != "train":
+            return ds
         seen = []
-        streams.append((kwargs.get("start_example"), kwargs["global_batch_size"], seen))
+        streams.append((kwargs.get("start_example"), kwargs["batch_size"], seen))
 
         def tap(y):
             seen.extend(y.numpy().tolist())
             return y
 
-        def tapped(ctx):
-            def record(x, y):
-                out = tf.py_function(tap, [y], tf.int32)
-                out.set_shape(y.shape)
-                return x, out
-            return input_fn(ctx).map(record)
-        return tapped
-    monkeypatch.setattr(loop.pipeline, "make_input_fn", spy)
+        def record(x, y):
+            out = tf.py_function(tap, [y], tf.int32)
+            out.set_shape(y.shape)
+            return x, out
+        return ds.map(record)
+    monkeypatch.setattr(loop.pipeline, "make_dataset", spy)
     return streams
 
 
@@ -119,9 +120,6 @@ def _consumed(streams, total):
         out += seen[:end - (start or 0)]
     return out
 
-
-class _Killed(Exception):
-    pass
 
 
 def _cfg(build, out, **kw):
@@ -149,10 +147,10 @@ def test_short_epochs_walk_through_whole_passes_and_resume_at_the_same_example(
     assert sorted(ref[:40]) == list(range(40)) and sorted(ref[40:80]) == list(range(40))
     assert len(set(ref[80:])) == 16 and ref[:40] != ref[40:80]
     # Killed after epoch 2 (mid-pass, inside phase 1), then resumed.
-    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(_Killed()))
     cut_streams = _spy_on_streams(monkeypatch)
-    with pytest.raises(_Killed):
-        training.run(_cfg(unique_label_build, tmp_path / "cut", stop_after_epoch=2))
+    kill_after_epoch(monkeypatch, 2)
+    with pytest.raises(SimulatedKill):
+        training.run(_cfg(unique_label_build, tmp_path / "cut"))
     assert len(cut_streams) == 1
     summary = training.run(_cfg(unique_label_build, tmp_path / "cut"))
     assert cut_streams[1][0] == 48  # the resumed stream starts where epoch 2 ended
