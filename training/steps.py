@@ -1,8 +1,8 @@
 """The compiled per-replica train and eval steps.
 
 Why not ``model.compile(jit_compile=True)`` + ``fit``: under ``MirroredStrategy`` Keras either
-turns XLA off silently or fails on logical CPUs (``../shared/docs/xla-and-distribution.md``).
-What works on CPUs and GPUs alike is an explicit split:
+turns XLA off silently or fails on logical CPUs (README, "Execution"). What works on CPUs and
+GPUs alike is an explicit split:
 
 * ``compute`` — one ``tf.function(jit_compile=True)`` per replica holding augmentation, forward
   pass, loss and gradients (the expensive part, fused by XLA);
