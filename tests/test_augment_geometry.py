@@ -400,6 +400,7 @@ _AUGS = {
 
 
 @pytest.mark.parametrize("name", sorted(_AUGS))
+@pytest.mark.slow
 def test_xla_compiles_and_matches_eager_on_dynamic_batch(name):
     """jit_compile=True raises if any op lacks an XLA kernel; results must match eager."""
     aug = _AUGS[name]
@@ -418,6 +419,7 @@ def test_xla_compiles_and_matches_eager_on_dynamic_batch(name):
     assert as_u8.dtype == tf.uint8 and as_u8.shape == images.shape
 
 
+@pytest.mark.slow
 def test_runs_inside_tf_data_like_eager():
     images = np.random.RandomState(11).randint(0, 256, (6, 9, 7, 3)).astype(np.uint8)
     seed = tf.constant([3, 4])

@@ -293,6 +293,7 @@ def test_same_seed_same_output_different_seed_different():
         assert np.any(a.numpy() != c.numpy()), repr(op)
 
 
+@pytest.mark.slow
 def test_ops_compile_under_xla_and_match_eager():
     x = tf.constant(_images(batch=4))
     ops = _all_ops()

@@ -126,6 +126,7 @@ def test_recipe_keeps_float_dtype_and_range(name):
     assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
 
 
+@pytest.mark.slow
 def test_recipes_run_in_tf_data_like_eagerly():
     x = _images(batch=16, size=24)
     recipe = augment.get_recipe("student_net2")

@@ -47,6 +47,7 @@ def test_conv_flops_match_the_formula_and_scale_with_area():
         models_bench.conv_flops(models.build("net2", num_classes=10, width=TINY))
 
 
+@pytest.mark.slow
 def test_models_bench_times_the_products_train_step_with_the_runs_optimizer(product_steps):
     lines = []
     summary = models_bench.run_benchmark(["net2"], batch=2, size=16, steps=1, warmup=1,
@@ -69,6 +70,7 @@ def test_models_bench_times_the_products_train_step_with_the_runs_optimizer(prod
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_keras_only_step_lowers_the_loss_without_the_products_step(product_steps):
     """The backend-neutral step (here on TensorFlow, the backend the tests have)."""
     keras.utils.set_random_seed(0)
@@ -89,6 +91,7 @@ def test_keras_only_step_lowers_the_loss_without_the_products_step(product_steps
     assert product_steps == []
 
 
+@pytest.mark.slow
 def test_backend_neutral_mode_reports_a_row_and_refuses_float16(product_steps):
     summary = models_bench.run_benchmark(["net1"], batch=2, size=16, steps=1, warmup=1,
                                          xla=False, precision="mixed_bfloat16", width=TINY,

@@ -200,10 +200,12 @@ def builds(request):
 
 
 @pytest.mark.parametrize("storage", ["jpeg", "raw"])
+@pytest.mark.slow
 def test_every_image_reads_back_as_source_rgb(builds, storage):
     assert_build_equals_source(builds[storage], builds["src"])
 
 
+@pytest.mark.slow
 def test_grayscale_images_come_back_with_three_channels(builds):
     gray = set()
     for path in glob.glob(os.path.join(builds["src"], "train", "*", "images", "*")):
@@ -640,6 +642,7 @@ def shard_shas(manifest) -> dict:
 
 
 @needs_sample
+@pytest.mark.slow
 def test_sample_zip_read_in_place_reads_back_as_source_rgb(sample_zip, sample_builds, tmp_path):
     out = tmp_path / "from_zip"
     manifest = build.build_dataset(sample_zip, str(out), workers=2, progress=False,
@@ -779,6 +782,7 @@ def _edit_manifest(build_dir, edit) -> None:
 
 
 @needs_sample
+@pytest.mark.slow
 def test_verify_accepts_the_sample_build(sample_builds):
     assert verify.verify_build(sample_builds["jpeg"]) == {"train": 5000, "val": 500, "test": 100}
 
@@ -827,6 +831,7 @@ def test_verify_catches_missing_and_unlisted_shards(tiny_build):
         verify.verify_build(str(tiny_build), decode=False)
 
 
+@pytest.mark.slow
 def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, capsys):
     assert verify.run(str(tiny_build)) == 0
     assert "OK (train 12, val 6, test 3 examples" in capsys.readouterr().out

@@ -233,6 +233,7 @@ def _first_batches(build, n=4, **kwargs):
     return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_batches_and_another_seed_differs(png_build):
     flip = lambda images, seed: tf.where(  # noqa: E731
         tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], seed) < 0.5,
@@ -361,6 +362,7 @@ _MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path):
     # Logical devices must be configured before TF initialises them: a fresh process keeps
     # that away from every other test in this pytest run.

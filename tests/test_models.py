@@ -293,6 +293,7 @@ def test_output_is_float32_under_mixed_precision(policy, restore_policy):
     np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_net1_compiles_under_xla_in_the_products_train_step_and_lowers_the_loss():
     """``training.steps.make_train_step`` (default strategy): SpaceToDepth and every other layer
     lower to one XLA computation, and two steps on one batch lower the loss."""
@@ -316,6 +317,7 @@ def test_net1_compiles_under_xla_in_the_products_train_step_and_lowers_the_loss(
     assert after[0] < before[0], (before, after)
 
 
+@pytest.mark.slow
 def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects(tmp_path):
     """A fresh interpreter must fail to load without ``import models`` and succeed with it."""
     model = models.build("net1", num_classes=10, width=TINY)
