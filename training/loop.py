@@ -35,7 +35,6 @@ import tensorflow as tf
 
 import augment
 import models
-from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 from training import cluster as cluster_lib
 from training import config as config_lib
@@ -166,8 +165,11 @@ def _log(msg: str) -> None:
     console.log(msg)
 
 
-def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
+def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "") -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
+
+    Called by ``training.run`` (``training/runner.py``), which has validated ``cfg``, loaded
+    the build's ``manifest`` and checked its shards.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same ``cfg``; only
     the chief writes ``cfg.out`` (see ``training.multiworker``), and a lost worker ends the
@@ -175,23 +177,19 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
     Args:
       cfg: the validated settings.
+      manifest: the build's manifest (``manifest.load_manifest(cfg.data)``).
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
 
     Raises:
-      RunError: bad output folder. ``manifest.BuildError``: missing or unfinished data.
-      ``config.ConfigError``: bad settings.
+      RunError: bad output folder or a batch the replicas do not divide.
     """
     cluster = cluster_lib.from_environment()
     with cluster_lib.peer_failures(cluster):
-        return _run(cfg, cluster, flags_text=flags_text)
+        return _run(cfg, manifest, cluster, flags_text=flags_text)
 
 
-def _run(cfg: config_lib.RunConfig, cluster, *, flags_text: str) -> dict:
-    manifest = manifest_lib.load_manifest(cfg.data)
-    config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
+def _run(cfg: config_lib.RunConfig, manifest: dict, cluster, *, flags_text: str) -> dict:
     num_train = manifest["splits"]["train"]["num_examples"]
-    if "val" not in manifest["splits"]:
-        raise RunError(f"{cfg.data}: no val split; training needs one")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -372,32 +370,40 @@ def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_s
     lr_now = _current_lr(optimizer)
     bar = console.Progress(n_steps, batch_size=phase.batch_size, compiling=compiling,
                            enabled=cfg.progress, prefix=f"epoch {epoch + 1}: ")
-    totals = np.zeros(len(steps_lib.TRAIN_TOTALS), np.float64)
+    totals = dict.fromkeys(steps_lib.TRAIN_TOTALS, 0.0)
     chunk = max(1, min(cfg.steps_per_call, n_steps))
     done, t_start = 0, None
     while done < n_steps:
         k = min(chunk, n_steps - done)
-        got = step.run(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64)
-        totals += got
-        if not np.all(np.isfinite(got)):
-            at = done + int(got[-1])
+        got = dict(zip(steps_lib.TRAIN_TOTALS,
+                       step.run(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64),
+                       strict=True))
+        if not all(math.isfinite(v) for v in got.values()):
+            at = done + int(got["steps"])
             raise Diverged(f"epoch {epoch + 1} (phase {phase_idx + 1}), step {at} of "
                            f"{n_steps}: the training loss is not finite; stopped, the last "
                            "checkpoint (if any) is kept")
+        totals = {name: totals[name] + got[name] for name in totals}
         if t_start is None:  # the first call includes tracing/compiling: time from after it
             t_start, images_timed = time.perf_counter(), 0
         else:
             images_timed += k * phase.batch_size
         done += k
-        count = max(totals[2], 1.0)
-        bar.update(done, loss=totals[0] / count + totals[3] / done, acc=totals[1] / count)
+        bar.update(done, **_train_metrics(totals, done))
     elapsed = time.perf_counter() - t_start
-    count = max(totals[2], 1.0)
     rate = images_timed / elapsed if images_timed and elapsed > 0 else \
-        totals[2] / max(time.perf_counter() - t0, 1e-9)
+        totals["count"] / max(time.perf_counter() - t0, 1e-9)
     return {"epoch": epoch + 1, "phase": phase_idx + 1, "image_size": phase.image_size,
-            "batch_size": phase.batch_size, "lr": lr_now, "loss": totals[0] / count +
-            totals[3] / n_steps, "acc": totals[1] / count, "images_per_s": rate, "_t0": t0}
+            "batch_size": phase.batch_size, "lr": lr_now, **_train_metrics(totals, n_steps),
+            "images_per_s": rate, "_t0": t0}
+
+
+def _train_metrics(totals: dict, steps: int) -> dict:
+    """Mean training loss (cross-entropy per example plus the L2 penalty per step, as Keras
+    reports it) and top-1 accuracy from the summed ``steps.TRAIN_TOTALS``."""
+    count = max(totals["count"], 1.0)
+    return {"loss": totals["ce_sum"] / count + totals["reg_sum"] / steps,
+            "acc": totals["correct"] / count}
 
 
 def _current_lr(optimizer) -> float:

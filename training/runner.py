@@ -21,7 +21,7 @@ from training import cluster as cluster_lib
 from training import config as config_lib
 from training import run_folder
 from training import shards
-from training.errors import Interrupted, RunFailure
+from training.errors import Interrupted, RunError, RunFailure
 
 
 def prepare(cfg: config_lib.RunConfig) -> dict:
@@ -35,6 +35,8 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     import models  # pylint: disable=import-outside-toplevel
     config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
     manifest = manifest_lib.load_manifest(cfg.data)
+    if "val" not in manifest["splits"]:
+        raise RunError(f"{cfg.data}: no val split; training needs one")
     manifest_lib.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
                                                         if s in manifest["splits"]))
     return manifest
@@ -63,7 +65,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         else contextlib.nullcontext()
     with folder:
         try:
-            return loop.run(cfg, flags_text=flags_text)
+            return loop.run(cfg, manifest, flags_text=flags_text)
         except KeyboardInterrupt:
             epoch = run_folder.last_checkpoint_epoch(cfg.out)
             where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
