@@ -24,10 +24,10 @@ import signal
 import sys
 import typing
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from tinyimagenet_tfrecords import cli as cli_lib
 from training import config as config_lib
 from training import console
 
@@ -207,11 +207,9 @@ def main(argv):
 
 
 def run():
-    """Console-script entry point (``train_main`` in setup.cfg): ``--help`` lists the flags."""
-    module = sys.modules[__name__]
-    for fl in FLAGS.get_key_flags_for_module(module):
-        FLAGS.register_key_flag_for_module(sys.argv[0], fl)
-    app.run(main)
+    """Console-script entry point (``train_main`` in setup.cfg): ``--help`` lists the flags;
+    a flag error is one line and exit 2."""
+    cli_lib.run(main, __name__)
 
 
 if __name__ == "__main__":

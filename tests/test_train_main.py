@@ -101,6 +101,15 @@ def test_help_of_the_console_script_lists_the_flags():
         assert name in out, (name, out[-2000:])
 
 
+@pytest.mark.parametrize("command", [["train_main.py"], ["-m", "training.evaluate"]])
+def test_an_unknown_flag_is_one_line_and_exit_2(command):
+    proc = subprocess.run([sys.executable, *command, "--no_such_flag=1"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("Unknown command line flag "
+                                                         "'no_such_flag'"), proc.stderr
+
+
 @pytest.mark.slow  # a subprocess importing TensorFlow
 def test_bad_model_size_is_refused_before_anything_is_written(tmp_path):
     proc = subprocess.run(

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 
+from tinyimagenet_tfrecords import cli as cli_lib
 from training import console
 
 console.quiet_tensorflow()
@@ -70,11 +70,9 @@ def main(argv):
 
 
 def run():
-    """Entry point: ``--help`` lists this module's flags."""
-    module = sys.modules[__name__]
-    for fl in FLAGS.get_key_flags_for_module(module):
-        FLAGS.register_key_flag_for_module(sys.argv[0], fl)
-    app.run(main)
+    """Entry point: ``--help`` lists this module's flags; a flag error is one line and
+    exit 2."""
+    cli_lib.run(main, __name__)
 
 
 if __name__ == "__main__":
