@@ -93,8 +93,7 @@ def make_optimizer(cfg, learning_rate) -> keras.optimizers.Optimizer:
     if cfg.optimizer == "adam":
         opt = keras.optimizers.Adam(learning_rate, epsilon=cfg.epsilon)
     elif cfg.optimizer == "rmsprop":
-        cls = (RMSpropEpsOutside if getattr(cfg, "rmsprop_epsilon_outside_root", False)
-               else keras.optimizers.RMSprop)
+        cls = RMSpropEpsOutside if cfg.rmsprop_epsilon_outside_root else keras.optimizers.RMSprop
         opt = cls(learning_rate, epsilon=cfg.epsilon)
     else:
         opt = keras.optimizers.SGD(learning_rate, momentum=0.9)
