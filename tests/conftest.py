@@ -77,3 +77,16 @@ def kill_after_epoch(monkeypatch, epoch: int) -> None:
             raise SimulatedKill(f"killed after epoch {epoch}")
 
     monkeypatch.setattr(loop, "_summaries", summaries)
+
+
+def committed_checkpoint(out: str) -> int:
+    """The epoch of the newest checkpoint the run folder ``out`` has committed: the one its
+    ``checkpoints/checkpoint`` state file names, which TensorFlow writes after the files
+    (``ckpt-N.index`` alone can exist while the state file still names the one before)."""
+    import re  # pylint: disable=import-outside-toplevel
+    try:
+        with open(os.path.join(out, "checkpoints", "checkpoint"), encoding="utf-8") as f:
+            match = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', f.read(), re.M)
+    except FileNotFoundError:
+        return 0
+    return int(match.group(1)) if match else 0

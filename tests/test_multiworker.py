@@ -18,6 +18,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+from conftest import committed_checkpoint  # noqa: E402
 
 from training import cluster as cluster_lib  # noqa: E402
 from training.errors import RunError  # noqa: E402
@@ -234,11 +235,10 @@ def test_a_killed_worker_and_a_restart_of_both_resume_from_the_chiefs_checkpoint
     want = _history(two_worker_run[0])
     out = str(tmp_path / "run")
     args = [f"--data={synthetic_build}", f"--out={out}", *ARGS, "--cluster_timeout=20"]
-    first = os.path.join(out, "checkpoints", "ckpt-1.index")
     with _processes() as procs:
         (chief, _), (worker, _) = _workers(procs, 2, lambda i: args, tmp_path, "killed")
         deadline = time.monotonic() + 300
-        while not os.path.exists(first):
+        while committed_checkpoint(out) < 1:
             assert chief.poll() is None and worker.poll() is None, "a worker ended early"
             assert time.monotonic() < deadline, "no first checkpoint within 300 s"
             time.sleep(0.05)
@@ -268,7 +268,6 @@ def processes_of(tmp_path, tag, args):
 @pytest.mark.slow
 def test_a_worker_that_cannot_reach_the_others_ends_with_one_line_and_exit_1(
         synthetic_build, tmp_path):
-    addrs = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = [f"--data={synthetic_build}", *ARGS, "--cluster_timeout=3"]
     with _processes() as procs:
         # The chief alone (waits for worker 1) and worker 1 alone (the chief is not there).
@@ -298,7 +297,6 @@ def test_bad_tf_config_and_an_indivisible_batch_fail_before_training_with_exit_2
     assert rc == 2, err
     assert err.strip().splitlines()[-1].startswith("train_main: error: TF_CONFIG: not valid JSON")
     assert "Traceback" not in err and not out.exists()
-    addrs = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     odd = [f"--data={synthetic_build}", f"--out={out}", *ARGS, "--batch_size=15"]
     with _processes() as procs:
         started = _workers(procs, 2, lambda i: odd, tmp_path, "odd")

@@ -10,7 +10,6 @@ an in-process ``training.run`` smoke test.
 """
 
 import csv
-import glob
 import json
 import os
 import re
@@ -24,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import committed_checkpoint  # noqa: E402
 
 from training import config as config_lib  # noqa: E402
 
@@ -60,12 +60,6 @@ def train_main(*args, timeout=400, wait=True):
                           timeout=timeout)
 
 
-def last_checkpoint(out):
-    """The epoch of the newest checkpoint in run folder ``out`` (0 when there is none)."""
-    names = glob.glob(os.path.join(out, "checkpoints", "ckpt-*.index"))
-    return max((int(re.search(r"ckpt-(\d+)", n).group(1)) for n in names), default=0)
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -85,12 +79,13 @@ def tiny_config(data, out, *, epochs=1, **kw):
     return config_lib.RunConfig(data=data, out=out, phases=(phase,), **settings)
 
 
-def wait_for(path, proc, timeout=300):
-    """Waits until ``path`` exists (or the process ends)."""
+def wait_for_checkpoint(out, epoch, proc, timeout=300):
+    """Waits until run folder ``out`` has committed the checkpoint of ``epoch`` (or the
+    process ends)."""
     end = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while committed_checkpoint(out) < epoch:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < end, f"{path} never appeared"
+        assert time.monotonic() < end, f"{out}: no checkpoint of epoch {epoch}"
         time.sleep(0.05)
 
 
@@ -291,14 +286,14 @@ def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tm
     # The reference and the first part of the killed run in parallel (2 cores).
     p_ref = train_main(f"--data={synthetic_build}", f"--out={ref}", *RESUME_ARGS, wait=False)
     p_cut = train_main(f"--data={synthetic_build}", f"--out={cut}", *RESUME_ARGS, wait=False)
-    wait_for(os.path.join(cut, "checkpoints", "ckpt-1.index"), p_cut)
+    wait_for_checkpoint(cut, 1, p_cut)
     p_cut.kill()  # SIGKILL: no handler runs, as after a power cut
     p_cut.communicate(timeout=60)
     assert p_cut.returncode == -signal.SIGKILL
     _, err = p_ref.communicate(timeout=400)
     assert p_ref.returncode == 0, err[-3000:]
     # The checkpoint is the record (history.csv may lag it by the epoch being written).
-    done = last_checkpoint(cut)
+    done = committed_checkpoint(cut)
     assert 1 <= done < 3 and not os.path.exists(os.path.join(cut, "summary.json"))
 
     proc = train_main(f"--data={synthetic_build}", f"--out={cut}", *RESUME_ARGS)
@@ -320,7 +315,7 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_exit_130(synthetic_build, tmp
         procs[sig] = (out, train_main(f"--data={synthetic_build}", f"--out={out}", *LONG_ARGS,
                                       wait=False))
     for sig, (out, p) in procs.items():
-        wait_for(os.path.join(out, "checkpoints", "ckpt-1.index"), p)
+        wait_for_checkpoint(out, 1, p)
         p.send_signal(sig)
     for sig, (out, p) in procs.items():
         _, err = p.communicate(timeout=120)
@@ -330,7 +325,7 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_exit_130(synthetic_build, tmp
         m = re.fullmatch(r"train_main: error: interrupted after epoch (\d+); run the same "
                          r"command to resume", last)
         assert m, last
-        assert int(m.group(1)) == last_checkpoint(out) >= 1
+        assert int(m.group(1)) == committed_checkpoint(out) >= 1
         assert not os.path.exists(os.path.join(out, "run.lock"))
 
 
