@@ -268,6 +268,7 @@ def processes_of(tmp_path, tag, args):
 @pytest.mark.slow
 def test_a_worker_that_cannot_reach_the_others_ends_with_one_line_and_exit_1(
         synthetic_build, tmp_path):
+    addrs = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = [f"--data={synthetic_build}", *ARGS, "--cluster_timeout=3"]
     with _processes() as procs:
         # The chief alone (waits for worker 1) and worker 1 alone (the chief is not there).
