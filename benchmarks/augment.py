@@ -197,21 +197,11 @@ def _define_flags() -> None:
     flags.DEFINE_string("modes", "xla,graph", "xla (jit_compile=True) and/or graph (False).")
 
 
-def _parse_flags(argv):
-    """absl's parser, but a bad flag is usage (exit 2, one line), not absl's exit 1."""
-    from absl import flags
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"benchmarks.augment: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def cli() -> None:
-    """Entry point: ``python -m benchmarks.augment``."""
-    from absl import app
+    """Entry point: ``python -m benchmarks.augment`` (the data tools' CLI convention)."""
+    from tinyimagenet_tfrecords import cli as cli_lib
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    cli_lib.run(main, __name__)
 
 
 __all__ = ["blur_variants", "machine", "measure", "run_bench", "single_ops"]

@@ -301,6 +301,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
+    from tinyimagenet_tfrecords import cli as cli_lib
     _define_flags()
-    app.run(main)
+    cli_lib.run(main, __name__)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import shutil
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +31,18 @@ needs_sample = pytest.mark.skipif(not SAMPLE_PRESENT, reason=SKIP_REASON)
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: subprocess trainings and recipe compiles (deselect with -m 'not slow')")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no one may create files in, even root (chattr +i)."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)],
+                                                    capture_output=True).returncode:
+        pytest.skip("chattr +i not available here")
+    yield path
+    subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @pytest.fixture(scope="session")

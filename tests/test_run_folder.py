@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 
@@ -93,18 +92,6 @@ def test_resume_on_a_build_with_other_classes_is_refused(tmp_path):
             json.dump(FP, f)
     with pytest.raises(RunError, match="classes.json"):
         run_folder.RunFolder(out, FP, ["a", "c"]).__enter__()
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder no one may create files in, even root (chattr +i)."""
-    path = tmp_path / "ro"
-    path.mkdir()
-    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)],
-                                                    capture_output=True).returncode:
-        pytest.skip("chattr +i not available here")
-    yield path
-    subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @pytest.mark.parametrize("sub", ["", "run"])

@@ -329,17 +329,6 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_exit_130(synthetic_build, tmp
         assert not os.path.exists(os.path.join(out, "run.lock"))
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-    path = tmp_path / "ro"
-    path.mkdir()
-    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)],
-                                                    capture_output=True).returncode:
-        pytest.skip("chattr +i not available here")
-    yield path
-    subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 @pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir):
     other = tmp_path / "other"
