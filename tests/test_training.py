@@ -45,8 +45,9 @@ RESUME_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16",
                "--phase=epochs=1,aug=student_net2,min_lr=1e-4,max_lr=1e-3,step_epochs=0.5",
                "--misclassified=0"]
 # Runs long enough to be interrupted mid-way (30 short epochs).
+# Long enough never to finish before the test signals it (each epoch takes a fraction of a second).
 LONG_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
-             "--batch_size=32", "--steps_per_epoch=2", "--epochs=30", "--noxla",
+             "--batch_size=32", "--steps_per_epoch=2", "--epochs=1000", "--noxla",
              "--progress=false", "--misclassified=0"]
 NOISE = ("WARNING: All log", "I0000", "E0000", "W0000")
 
