@@ -96,6 +96,15 @@ def test_epochs_over_a_flagfile_with_phases_trains_its_first_epochs(parse):
         (15, 32, 256), (5, 64, 64)]
 
 
+def test_a_flagfiles_epochs_cuts_its_own_phases_not_command_line_ones(parse, tmp_path):
+    path = tmp_path / "short.flags"
+    path.write_text("--data=d\n--out=o\n--epochs=3\n--phase=epochs=2\n--phase=epochs=4\n")
+    assert [p.epochs for p in parse(f"--flagfile={path}").phases] == [2, 1]
+    assert [p.epochs for p in parse(f"--flagfile={path}", "--phase=epochs=5").phases] == [5]
+    assert [p.epochs for p in parse(f"--flagfile={path}", "--phase=epochs=5",
+                                    "--epochs=2").phases] == [2]
+
+
 @pytest.mark.parametrize("args, match", [
     ((_flagfile("net1.flags"), "--image_size=32"), "--image_size=32: does not apply"),
     (("--data=d", "--out=o", "--phase=epochs=1,aug=none", "--augment=student_net2"),
