@@ -3,9 +3,9 @@
 
 Maps flags to :func:`training.evaluate.evaluate_model`; the evaluation settings' flags come
 from their one declaration (``training.config.EvalSettings``) and are checked before
-TensorFlow is imported (``evaluate_model`` checks its inputs before it loads the model). ``--split=test`` (unlabelled) cannot be
-scored: give ``--predictions=FILE.csv`` for a CSV of predicted wnids per image (filename,
-wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
+TensorFlow is imported (``evaluate_model`` checks its inputs before it loads the model).
+``--split=test`` (unlabelled) cannot be scored: give ``--predictions=FILE.csv`` for a CSV of
+predicted wnids per image (filename, wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
 failure while running (e.g. a corrupt shard, a full disk).
 
 This module is not imported by the ``training`` package, so ``python -m`` runs it once.
