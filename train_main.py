@@ -1,8 +1,9 @@
 """Train a Tiny ImageNet DenseNet-style network: ``train_main --flagfile=flags/net2.flags``.
 
 Parses flags into a :class:`training.config.RunConfig` and calls :func:`training.run` — nothing
-else reads flags. Every :class:`~training.config.RunConfig` field is a flag of the same name,
-defined here from the field's type, default and help (``training.config.setting``).
+else reads flags. Every setting is declared once in ``training/config.py``; its flag (type,
+default, help) and the phase-default rules come from ``training.settings``. Settings are checked
+before TensorFlow is imported, so a bad value is refused in about a second.
 
 Curriculum phases are repeated ``--phase`` flags (see ``training/config.py``)::
 
@@ -10,7 +11,9 @@ Curriculum phases are repeated ``--phase`` flags (see ``training/config.py``)::
     --phase=epochs=24,min_lr=1e-4,max_lr=6e-4,step_epochs=6
 
 ``--phase`` flags given on the command line replace a flagfile's; ``--epochs=N`` with phases
-trains the first N epochs of the curriculum. A flag that cannot apply is refused.
+trains the first N epochs of the curriculum. A flag typed on the command line that cannot apply
+is refused; a flagfile's run-wide phase flags only fill keys the phases leave out.
+``<out>/flags.txt`` is a flagfile that reproduces the run.
 
 Exit status: 0 done, 2 bad input or usage (one line on stderr, nothing written), 1 the run
 failed while running (one line; the last checkpoint is kept), 130 interrupted (Ctrl-C or
@@ -22,7 +25,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import typing
 
 from absl import flags
 from absl import logging
@@ -30,6 +32,7 @@ from absl import logging
 from tinyimagenet_tfrecords import cli as cli_lib
 from training import config as config_lib
 from training import console
+from training import settings
 
 console.quiet_tensorflow()
 
@@ -38,32 +41,8 @@ FLAGS = flags.FLAGS
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-def _define_config_flags() -> None:
-    """One flag per RunConfig field (type, default, help and choices from the field)."""
-    hints = typing.get_type_hints(config_lib.RunConfig)
-    definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
-                str: flags.DEFINE_string}
-    for field in config_lib.flag_fields():
-        help_text = field.metadata["help"]
-        if field.metadata.get("choices"):
-            flags.DEFINE_enum(field.name, field.default, list(field.metadata["choices"]),
-                              help_text)
-        else:
-            definers[hints[field.name]](field.name, field.default, help_text)
-
-
-_define_config_flags()
-# Phase defaults: the values a --phase leaves out (or the single phase when none is given).
-flags.DEFINE_integer("epochs", 1, "epochs of the single phase when no --phase is given; with "
-                     "phases, train only the curriculum's first N epochs")
-flags.DEFINE_multi_string("phase", [], "a curriculum phase 'epochs=N[,size=S][,batch=B]"
-                          "[,aug=RECIPE][,plateau=on|off][,min_lr=..,max_lr=..,step_epochs=..]'"
-                          "; repeat in order. On the command line they replace a flagfile's")
-flags.DEFINE_integer("image_size", 64, "training image size of phases that set no size=")
-flags.DEFINE_string("augment", "none", "augmentation recipe of phases that set no aug= "
-                    "(augment.RECIPE_NAMES)")
-flags.DEFINE_bool("plateau", False, "ReduceLROnPlateau on val_loss in phases that set no "
-                  "plateau=")
+# One flag per setting, derived from its declaration (training.config; training.settings).
+settings.define_run_flags(FLAGS, __name__)
 # Demo data (not part of the run's settings).
 flags.DEFINE_bool("make_synthetic_data", False,
                   "if --data is missing, generate a small learnable synthetic dataset and "
@@ -74,78 +53,19 @@ flags.DEFINE_integer("synthetic_val_per_class", 20, "val images per synthetic cl
 # Multi-replica tests on a CPU.
 flags.DEFINE_integer("num_logical_cpus", 0,
                      "split the CPU into N logical devices (multi-replica tests on CPU)")
-
-# Run-wide flag -> the phase key that overrides it.
-_PHASE_DEFAULTS = {"image_size": "size", "batch_size": "batch", "augment": "aug",
-                   "plateau": "plateau"}
+_OWN_FLAGS = ("make_synthetic_data", *settings.SYNTHETIC_FLAGS, "num_logical_cpus")
 
 
-def command_line_phases(argv: list[str]) -> list[str]:
-    """The ``--phase`` values typed on the command line itself (not read from a flagfile)."""
-    found, args = [], list(argv[1:])
-    for i, arg in enumerate(args):
-        if arg == "--":
-            break
-        if arg.startswith("--phase="):
-            found.append(arg[len("--phase="):])
-        elif arg == "--phase" and i + 1 < len(args):
-            found.append(args[i + 1])
-    return found
-
-
-def _present(f, name: str) -> bool:
-    return bool(f[name].present)
-
-
-def build_config(f, cli_phases: list[str] | None = None) -> config_lib.RunConfig:
-    """The run settings from parsed flags ``f``.
-
-    Args:
-      f: parsed absl flag values.
-      cli_phases: the ``--phase`` values given on the command line; when any, they replace
-        the flagfile's.
+def config_and_flags_text(argv: list[str]) -> tuple[config_lib.RunConfig, str]:
+    """The checked run settings from the parsed flags and ``argv``, and the flagfile text that
+    reproduces them (``<out>/flags.txt``). Imports no TensorFlow.
 
     Raises:
-      config.ConfigError: a bad value, or a flag that cannot apply to these phases.
+      config.ConfigError: a bad value, or a flag typed on the command line that cannot apply.
     """
-    specs = list(cli_phases) if cli_phases else list(f.phase)
-    defaults = dict(image_size=f.image_size, batch_size=f.batch_size, augment=f.augment,
-                    plateau=f.plateau)
-    if specs:
-        phases = tuple(config_lib.parse_phase(s, **defaults) for s in specs)
-        for flag_name, key in _PHASE_DEFAULTS.items():
-            if _present(f, flag_name) and all(_sets_key(s, key) for s in specs):
-                raise config_lib.ConfigError(
-                    f"--{flag_name}={f[flag_name].value}: does not apply, every --phase sets "
-                    f"{key}=")
-        if _present(f, "epochs"):
-            phases = config_lib.first_epochs(phases, f.epochs)
-    else:
-        if f.epochs < 1:
-            raise config_lib.ConfigError(f"--epochs={f.epochs}: must be >= 1")
-        phases = (config_lib.Phase(epochs=f.epochs, image_size=f.image_size,
-                                   batch_size=f.batch_size, augment=f.augment,
-                                   plateau=f.plateau),)
-    if f.lr_schedule == "triangular2" and _present(f, "learning_rate"):
-        raise config_lib.ConfigError(
-            f"--learning_rate={f.learning_rate}: does not apply with --lr_schedule=triangular2 "
-            "(each --phase sets min_lr/max_lr)")
-    if not f.make_synthetic_data:
-        for name in ("synthetic_classes", "synthetic_train_per_class",
-                     "synthetic_val_per_class"):
-            if _present(f, name):
-                raise config_lib.ConfigError(f"--{name}: does not apply without "
-                                             "--make_synthetic_data")
-    kwargs = {field.name: f[field.name].value for field in config_lib.flag_fields()}
-    from training import fileio
-    for key in ("data", "out"):
-        if kwargs[key]:
-            kwargs[key] = fileio.abspath(kwargs[key])  # URLs (gs://, ram://, ...) unchanged
-    return config_lib.RunConfig(phases=phases, **kwargs)
-
-
-def _sets_key(spec: str, key: str) -> bool:
-    return any(item.partition("=")[0].strip() == key for item in spec.split(","))
+    cfg = settings.config_from_flags(FLAGS, argv)
+    config_lib.validate_flags(cfg)
+    return cfg, settings.flags_text(cfg, [FLAGS[name] for name in _OWN_FLAGS])
 
 
 def exit_status(error: BaseException) -> int:
@@ -180,11 +100,14 @@ def main(argv):
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TF's per-step INFO lines drown the progress bar
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:  # settings first: a bad value is refused before TensorFlow starts (seconds)
+        cfg, flags_text = config_and_flags_text(sys.argv)
+    except config_lib.ConfigError as e:
+        _fail(_one_line(e))
     console.import_tensorflow_quietly()
     import training
     from tinyimagenet_tfrecords import manifest as manifest_lib
     try:
-        cfg = build_config(FLAGS, command_line_phases(sys.argv))
         if FLAGS.num_logical_cpus > 1:
             from training import strategy as strategy_lib
             strategy_lib.configure_logical_cpus(FLAGS.num_logical_cpus)
@@ -193,9 +116,6 @@ def main(argv):
                 cfg.data, num_classes=FLAGS.synthetic_classes,
                 train_per_class=FLAGS.synthetic_train_per_class,
                 val_per_class=FLAGS.synthetic_val_per_class, seed=FLAGS.seed)
-        own = FLAGS.get_flags_for_module(sys.modules[__name__])
-        flags_text = "".join(fl.serialize() + "\n" for fl in sorted(own, key=lambda x: x.name)
-                             if fl.serialize())
         summary = training.run(cfg, flags_text=flags_text)
     except (config_lib.ConfigError, manifest_lib.BuildError, training.RunError,
             training.RunFailure, training.Interrupted) as e:

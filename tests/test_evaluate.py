@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from training import evaluate
+from training.config import ConfigError
 from training.errors import RunError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,25 +57,52 @@ def test_model_trained_on_other_classes_is_refused(test_build, saved_model, tmp_
         evaluate.check_classes(str(other), 3, manifest, test_build)
 
 
-def test_model_input_size_is_used_and_a_conflicting_size_refused():
+def test_model_input_size_is_used():
     import models
     fixed = models.build("net2", num_classes=3, image_size=16, width=0.0625)
     assert evaluate.resolve_image_size(fixed, None, "m.keras") == 16
-    with pytest.raises(RunError, match=r"--image_size=64: m.keras takes 16 px"):
-        evaluate.resolve_image_size(fixed, 64, "m.keras")
     any_size = models.build("net1", num_classes=3, width=0.0625)
     assert evaluate.resolve_image_size(any_size, None, "m.keras") == 64
     assert evaluate.resolve_image_size(any_size, 32, "m.keras") == 32
-    with pytest.raises(RunError, match=r"--image_size=60: .*multiple of 8"):
-        evaluate.resolve_image_size(any_size, 60, "m.keras")
 
 
-def test_unlabelled_split_is_refused_a_score_and_gets_predictions(test_build, saved_model,
-                                                                  tmp_path):
-    with pytest.raises(RunError, match=r"--split=test: .*unlabelled.*--predictions"):
-        evaluate.evaluate_model(saved_model, test_build, out=str(tmp_path / "r"), split="test",
-                                xla=False)
+@pytest.mark.parametrize("model, size, match", [
+    ("net2", 64, r"--image_size=64: m.keras takes 16 px"),
+    ("net1", 60, r"--image_size=60: .*multiple of 8"),
+])
+def test_an_image_size_the_model_cannot_take_is_refused(model, size, match):
+    import models
+    built = models.build(model, num_classes=3, image_size=16 if model == "net2" else None,
+                         width=0.0625)
+    with pytest.raises(RunError, match=match):
+        evaluate.resolve_image_size(built, size, "m.keras")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(worst_classes=0), ConfigError, r"--worst_classes=0: must be >= 1"),
+    (dict(misclassified=-1), ConfigError, r"--misclassified=-1: must be >= 0"),
+    (dict(batch_size=0), ConfigError, r"--batch_size=0: must be >= 1"),
+    (dict(image_size=60), ConfigError, r"--image_size=60: must be a multiple of 8 in 8..512"),
+    (dict(image_size=4), ConfigError, r"--image_size=4: must be a multiple of 8"),
+    (dict(out=None), RunError, r"give --out .* and/or --predictions"),
+    (dict(model="nothing.keras"), RunError, r"--model=.*nothing.keras: no such model file"),
+    (dict(split="train2"), RunError, r"--split=train2: .* has \['test', 'train', 'val'\]"),
+    (dict(split="test"), RunError, r"--split=test: .*unlabelled.*--predictions"),
+])
+def test_bad_input_is_refused_before_the_model_is_loaded(test_build, tmp_path, monkeypatch,
+                                                         kwargs, error, match):
+    def no_load(path):
+        raise AssertionError("the model was loaded before the inputs were checked")
+    monkeypatch.setattr(evaluate, "load_model", no_load)
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"")
+    args = {"out": str(tmp_path / "r"), "model": str(model), **kwargs}
+    with pytest.raises(error, match=match):
+        evaluate.evaluate_model(args.pop("model"), test_build, xla=False, **args)
     assert not (tmp_path / "r").exists()
+
+
+def test_unlabelled_split_gets_predictions(test_build, saved_model, tmp_path):
     csv_path = str(tmp_path / "pred.csv")
     res = evaluate.evaluate_model(saved_model, test_build, predictions=csv_path, split="test",
                                   xla=False)

@@ -1,4 +1,10 @@
-"""Run settings: one frozen dataclass built by ``train_main`` from flags, validated up front.
+"""Run settings: each declared once, in frozen dataclasses validated up front.
+
+Every setting is a dataclass field declared with :func:`setting` (run-wide) or
+:func:`phase_setting` (per curriculum phase): its type, default, help text and :class:`Check`.
+Flags, ``--help``, the ``--phase`` grammar, ``config.json`` and validation are derived from
+these declarations (``training.settings`` turns them into absl flags); adding a per-phase
+setting is one :class:`Phase` field plus its use.
 
 A run is a list of *phases* (a curriculum). Each phase has a length in epochs and may override
 the image size, the global batch size, the augmentation recipe, the Triangular2 cycle
@@ -10,6 +16,8 @@ per phase, repeated in order::
 
 Keys left out inherit the run-wide flags (``--image_size``, ``--batch_size``, ``--augment``,
 ``--plateau``); with no ``--phase`` at all the run is one phase of ``--epochs``.
+
+This module imports no TensorFlow: settings are checked before TensorFlow starts (seconds).
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+import typing
+from typing import Any, Callable
 
 SCHEDULES = ("constant", "triangular2")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -26,22 +35,79 @@ STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 # Every model downsamples by 8 (three 2x2 poolings / SpaceToDepth): its input side must be a
 # multiple of this (``models.layers.check_image_size``; a test pins the table to models/).
 SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8}
+# The built-in augmentation recipes (a test pins them to ``augment.RECIPE_NAMES``): flags are
+# checked against them before TensorFlow is imported; ``training.run`` checks again against
+# ``augment.recipe_names()``, which includes recipes registered in-process.
+BUILTIN_RECIPES = ("student_net2", "original_net2", "original_net1", "none")
+# Where a phase starts from: the previous phase's last weights or its best (val top-1) ones.
+PHASE_INITS = ("last", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule a setting's value must follow; ``text`` completes "must be ..." in a refusal."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def at_least(low) -> Check:
+    return Check(lambda v: v >= low, f">= {low}")
+
+
+def above(low) -> Check:
+    return Check(lambda v: v > low, f"> {low}")
+
+
+def within(low, high) -> Check:
+    return Check(lambda v: low <= v <= high, f"in {low}..{high}")
+
+
+def one_of(choices: tuple[str, ...]) -> Check:
+    return Check(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def image_size_check() -> Check:
+    """Sizes some model can take: in 8..512 and a multiple of what every model needs."""
+    step = math.gcd(*SIZE_MULTIPLE.values())
+    return Check(lambda v: 8 <= v <= 512 and v % step == 0, f"a multiple of {step} in 8..512")
 
 
 def setting(default: Any, help: str, *, runtime_only: bool = False,
-            choices: tuple[str, ...] | None = None) -> Any:
-    """A :class:`RunConfig` field declared once: its default, its flag's help text, and whether
-    it changes the trained result (``runtime_only`` settings may differ on resume).
+            choices: tuple[str, ...] | None = None, check: Check | None = None) -> Any:
+    """A run-wide setting declared once: default, flag help, validation, and whether it
+    changes the trained result (``runtime_only`` settings may differ on resume).
 
-    ``choices`` makes the flag an enum; ``validate`` checks the value either way.
+    ``choices`` makes the flag an enum (and is checked like ``check``).
     """
     return dataclasses.field(default=default, metadata={
-        "help": help, "runtime_only": runtime_only, "choices": choices, "flag": True})
+        "help": help, "runtime_only": runtime_only, "choices": choices, "flag": True,
+        "check": check or (one_of(choices) if choices else None)})
 
 
-def flag_fields() -> list[dataclasses.Field]:
-    """The :class:`RunConfig` fields that are command-line flags (all but ``phases``)."""
-    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("flag")]
+def phase_setting(default: Any, help: str, *, key: str | None = None, flag: bool = False,
+                  flag_help: str | None = None, required: bool = False,
+                  choices: tuple[str, ...] | None = None, check: Check | None = None) -> Any:
+    """A per-phase setting declared once (a :class:`Phase` field).
+
+    Args:
+      default: the value when neither the phase nor a run-wide flag sets it.
+      help: what it is (``--help`` of ``--phase`` and of its run-wide flag).
+      key: its ``--phase`` key (default: the field name).
+      flag: a run-wide flag of the field's name gives the value of phases that leave ``key``
+        out (and of the single phase when no ``--phase`` is given).
+      flag_help: that flag's help, when it says more than ``help``.
+      required: every ``--phase`` must set ``key``.
+      choices, check: the rule its values follow (checked per phase).
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "key": key, "flag": flag, "flag_help": flag_help, "required": required,
+        "choices": choices, "check": check or (one_of(choices) if choices else None)})
+
+
+def flag_fields(cls: type | None = None) -> list[dataclasses.Field]:
+    """The fields of ``cls`` (default :class:`RunConfig`) that are flags (all but ``phases``)."""
+    return [f for f in dataclasses.fields(cls or RunConfig) if f.metadata.get("flag")]
 
 
 def runtime_only_keys() -> tuple[str, ...]:
@@ -50,28 +116,83 @@ def runtime_only_keys() -> tuple[str, ...]:
                  if f.metadata.get("runtime_only"))
 
 
+def value_type(cls: type, field: dataclasses.Field) -> type:
+    """The declared type of ``field`` without ``None`` (``float | None`` -> ``float``)."""
+    hint = typing.get_type_hints(cls)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def phase_key(field: dataclasses.Field) -> str:
+    """The ``--phase`` key of a :class:`Phase` field."""
+    return field.metadata.get("key") or field.name
+
+
 class ConfigError(ValueError):
     """A flag or phase is out of range; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """One curriculum phase (all values resolved, nothing inherited)."""
+    """One curriculum phase (all values resolved, nothing inherited).
 
-    epochs: int
-    image_size: int
-    batch_size: int
-    augment: str
-    plateau: bool
-    min_lr: float | None = None
-    max_lr: float | None = None
-    step_epochs: float | None = None
-    init: str = "last"
+    Each field is declared once with :func:`phase_setting`; its ``--phase`` key, run-wide flag,
+    help and check are derived from that (``training.settings``, :func:`parse_phase`,
+    :func:`validate`).
+    """
+
+    epochs: int = phase_setting(
+        1, "epochs of the phase", required=True, flag=True, check=at_least(1),
+        flag_help="epochs of the single phase when no --phase is given; with phases, train "
+        "only the curriculum's first N epochs")
+    image_size: int = phase_setting(64, "training image size", key="size", flag=True,
+                                    check=within(8, 512))
+    batch_size: int = phase_setting(128, "global batch size (split across replicas)",
+                                    key="batch", flag=True, check=at_least(1))
+    augment: str = phase_setting("none", "augmentation recipe (augment.RECIPE_NAMES)",
+                                 key="aug", flag=True)
+    plateau: bool = phase_setting(False, "ReduceLROnPlateau on val_loss (with "
+                                  "--lr_schedule=constant)", flag=True)
+    min_lr: float | None = phase_setting(None, "Triangular2: the cycle's lowest learning rate")
+    max_lr: float | None = phase_setting(None, "Triangular2: the cycle's highest learning rate")
+    step_epochs: float | None = phase_setting(None, "Triangular2: epochs of a half cycle")
+    init: str = phase_setting("last", "start from the previous phase's last or best (val "
+                              "top-1) weights", choices=PHASE_INITS)
 
     @property
     def signature(self) -> tuple:
         """What a compiled train step depends on: a new one is traced per distinct value."""
         return (self.image_size, self.batch_size, self.augment)
+
+
+def _phase_flag(name: str) -> Any:
+    """A :class:`RunConfig` field that records a per-phase setting's run-wide flag (declared
+    by the :class:`Phase` field; kept in ``config.json``)."""
+    field = {f.name: f for f in dataclasses.fields(Phase)}[name]
+    return dataclasses.field(default=field.default, metadata={
+        "help": field.metadata["help"], "runtime_only": False, "choices": None, "flag": True,
+        "check": None, "phase_flag": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation settings of ``python -m training.evaluate``; a run's final report uses
+    the same declarations (:class:`RunConfig` ``eval_batch_size``, ``val_image_size``,
+    ``misclassified``, ``worst_classes``)."""
+
+    image_size: int | None = setting(
+        None, "evaluation image size; default: the model's own input size, or 64 for a model "
+        "that takes any size", check=image_size_check())
+    batch_size: int = setting(256, "evaluation batch size", check=at_least(1))
+    misclassified: int = setting(36, "images in the misclassified grid", check=at_least(0))
+    worst_classes: int = setting(10, "worst classes to list and plot", check=at_least(1))
+
+
+def _eval_setting(name: str, **override) -> Any:
+    """A :class:`RunConfig` field declared by the :class:`EvalSettings` field ``name``."""
+    field = {f.name: f for f in dataclasses.fields(EvalSettings)}[name]
+    meta = {**field.metadata, **{k: v for k, v in override.items() if k != "default"}}
+    return dataclasses.field(default=override.get("default", field.default), metadata=meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,27 +207,35 @@ class RunConfig:
     data: str = setting(None, "a finished TFRecord build (tinyimagenet_tfrecords.build)")
     out: str = setting(None, "output folder of this run (resumed if it holds this run)")
     model: str = setting("net2", "network: net1, net1_student or net2")
-    width: float = setting(1.0, "filter-count multiplier (tiny variants for CPU demos)")
+    width: float = setting(1.0, "filter-count multiplier (tiny variants for CPU demos)",
+                           check=above(0))
     phases: tuple[Phase, ...] = dataclasses.field(default=(), metadata={"flag": False})
-    batch_size: int = setting(128, "global batch size (split across replicas; phases may "
-                              "override)")
-    steps_per_epoch: int = setting(0, "steps per epoch; 0 = one pass over the training split")
+    batch_size: int = _phase_flag("batch_size")
+    steps_per_epoch: int = setting(0, "steps per epoch; 0 = one pass over the training "
+                                   "split", check=at_least(0))
     steps_per_call: int = setting(1, "train steps per compiled call (fewer Python round trips; "
-                                  "progress updates once per call)", runtime_only=True)
+                                  "progress updates once per call)", runtime_only=True,
+                                  check=at_least(1))
     bn_momentum: float = setting(0.0, "BatchNorm moving-average momentum; 0 keeps the model's "
-                                 "(0.99). Short CPU runs: 0.9")
-    val_image_size: int = setting(64, "validation image size")
-    eval_batch_size: int = setting(256, "validation batch size", runtime_only=True)
+                                 "(0.99). Short CPU runs: 0.9",
+                                 check=Check(lambda v: 0 <= v < 1, "in [0, 1)"))
+    val_image_size: int = _eval_setting("image_size", default=64, help="validation image size "
+                                        "(and of the final report)")
+    eval_batch_size: int = _eval_setting("batch_size", runtime_only=True,
+                                         help="validation batch size")
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS)
-    learning_rate: float = setting(1e-3, "learning rate (constant schedule)")
-    epsilon: float = setting(1e-7, "optimizer epsilon (Adam/RMSprop)")
+    learning_rate: float = setting(1e-3, "learning rate (constant schedule)",
+                                   check=above(0))
+    epsilon: float = setting(1e-7, "optimizer epsilon (Adam/RMSprop)", check=above(0))
     rmsprop_epsilon_outside_root: bool = setting(
         False, "RMSprop adds epsilon outside the square root, lr*g/(sqrt(v)+eps), as Keras "
         "2.2.4 (the authors') did; Keras 3 computes lr*g/sqrt(v+eps)")
     lr_schedule: str = setting("constant", "constant (+ optional ReduceLROnPlateau) or "
                                "Triangular2 phases", choices=SCHEDULES)
-    plateau_factor: float = setting(math.sqrt(0.1), "ReduceLROnPlateau factor")
-    plateau_patience: int = setting(5, "ReduceLROnPlateau patience (epochs)")
+    plateau_factor: float = setting(math.sqrt(0.1), "ReduceLROnPlateau factor",
+                                    check=Check(lambda v: 0 < v < 1, "in (0, 1)"))
+    plateau_patience: int = setting(5, "ReduceLROnPlateau patience (epochs)",
+                                   check=at_least(0))
     plateau_min_lr: float = setting(5e-7, "ReduceLROnPlateau minimum learning rate")
     precision: str = setting("float32", "compute precision", choices=PRECISIONS)
     sync_bn: bool = setting(
@@ -119,14 +248,17 @@ class RunConfig:
                             choices=STRATEGIES)
     cluster_timeout: float = setting(
         300.0, "multi-worker: seconds to wait for every worker of TF_CONFIG to join (and for "
-        "a silent worker before the others give up)", runtime_only=True)
-    seed: int = setting(0, "base seed of initialisation, data order and augmentation")
+        "a silent worker before the others give up)", runtime_only=True, check=above(0))
+    seed: int = setting(0, "base seed of initialisation, data order and augmentation",
+                        check=within(0, 2 ** 31 - 1))
     deterministic: bool = setting(False, "enable TF op determinism (exact resume/repeat)")
     checkpoint_every: int = setting(1, "checkpoint every N epochs (and at the end)",
-                                    runtime_only=True)
-    keep_checkpoints: int = setting(3, "checkpoints kept", runtime_only=True)
-    misclassified: int = setting(36, "images in the final misclassified grid")
-    worst_classes: int = setting(10, "worst classes in the final report")
+                                    runtime_only=True, check=at_least(1))
+    keep_checkpoints: int = setting(3, "checkpoints kept", runtime_only=True,
+                                    check=at_least(1))
+    misclassified: int = _eval_setting("misclassified", help="images in the final "
+                                       "misclassified grid")
+    worst_classes: int = _eval_setting("worst_classes", help="worst classes in the final report")
     progress: bool = setting(True, "show a progress bar (on stderr)", runtime_only=True)
 
     @property
@@ -161,43 +293,74 @@ class RunConfig:
 
 _BOOL = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False,
          "yes": True, "no": False}
-_PHASE_KEYS = ("epochs", "size", "batch", "aug", "plateau", "min_lr", "max_lr", "step_epochs",
-               "init")
-# Where a phase starts from: the previous phase's last weights or its best (val top-1) ones.
-PHASE_INITS = ("last", "best")
 
 
-def parse_phase(spec: str, *, image_size: int, batch_size: int, augment: str,
-                plateau: bool) -> Phase:
-    """Parses one ``key=value,...`` phase spec, filling left-out keys from the defaults."""
-    fields: dict[str, str] = {}
+def parse_value(text: str, kind: type) -> Any:
+    """``text`` as a value of ``kind`` (int, float, bool: on/off/true/false/1/0/yes/no, str).
+
+    Raises:
+      ValueError: ``text`` is not such a value.
+    """
+    if kind is bool:
+        if text.lower() not in _BOOL:
+            raise ValueError("not on/off")
+        return _BOOL[text.lower()]
+    return kind(text)
+
+
+def parse_phase(spec: str, *, phase_cls: type = Phase, **defaults: Any) -> Phase:
+    """Parses one ``key=value,...`` phase spec, filling left-out keys from ``defaults`` (field
+    name -> value: the run-wide flags), else from the field's declared default."""
+    fields = {phase_key(f): f for f in dataclasses.fields(phase_cls)}
+    given: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or key not in _PHASE_KEYS:
-            raise ConfigError(f"--phase={spec}: bad item {item!r} (keys: {', '.join(_PHASE_KEYS)})")
-        fields[key] = value.strip()
-    if "epochs" not in fields:
-        raise ConfigError(f"--phase={spec}: needs epochs=N")
-    try:
-        plateau_v = _BOOL[fields["plateau"].lower()] if "plateau" in fields else plateau
-        phase = Phase(
-            epochs=int(fields["epochs"]),
-            image_size=int(fields.get("size", image_size)),
-            batch_size=int(fields.get("batch", batch_size)),
-            augment=fields.get("aug", augment),
-            plateau=plateau_v,
-            min_lr=float(fields["min_lr"]) if "min_lr" in fields else None,
-            max_lr=float(fields["max_lr"]) if "max_lr" in fields else None,
-            step_epochs=float(fields["step_epochs"]) if "step_epochs" in fields else None,
-            init=fields.get("init", "last"))
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"--phase={spec}: {e}") from None
-    return phase
+        if not sep or key not in fields:
+            raise ConfigError(f"--phase={spec}: bad item {item!r} (keys: {', '.join(fields)})")
+        given[key] = value.strip()
+    values = {}
+    for key, field in fields.items():
+        if key in given:
+            kind = value_type(phase_cls, field)
+            try:
+                values[field.name] = parse_value(given[key], kind)
+            except ValueError:
+                raise ConfigError(f"--phase={spec}: {key}={given[key]} is not "
+                                  f"{'on/off' if kind is bool else 'a ' + kind.__name__}") from None
+        elif field.metadata.get("required"):
+            raise ConfigError(f"--phase={spec}: needs {key}=")
+        elif field.name in defaults:
+            values[field.name] = defaults[field.name]
+    return phase_cls(**values)
+
+
+def check_settings(obj: Any) -> None:
+    """Raises :class:`ConfigError` naming the first flag of the settings dataclass ``obj``
+    whose value breaks its declared :class:`Check` (``None`` means unset and passes)."""
+    for field in dataclasses.fields(obj):
+        check, value = field.metadata.get("check"), getattr(obj, field.name)
+        if check is not None and value is not None and not check.ok(value):
+            raise ConfigError(f"--{field.name}={value}: must be {check.text}")
+
+
+def check_phase(phase: Phase, index: int) -> None:
+    """Raises :class:`ConfigError` naming phase ``index`` (1-based), the key and, where one
+    gives the value, the run-wide flag, for the first value that breaks its :class:`Check`."""
+    for field in dataclasses.fields(phase):
+        check, value = field.metadata.get("check"), getattr(phase, field.name)
+        if check is not None and value is not None and not check.ok(value):
+            key = phase_key(field)
+            source = f" (the phase's {key}= or --{field.name})" if field.metadata["flag"] else ""
+            raise ConfigError(f"phase {index}: {key}={value} must be {check.text}{source}")
 
 
 def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
-    """Raises :class:`ConfigError` with a one-line message for the first bad setting."""
+    """Raises :class:`ConfigError` with a one-line message for the first bad setting.
+
+    Args:
+      recipe_names, model_names: the accepted ``augment`` recipes and models (None: any).
+    """
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
@@ -205,43 +368,22 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
     need(bool(cfg.data), "--data is required (a build folder)")
     need(bool(cfg.out), "--out is required (the run's output folder)")
     need(cfg.phases, "no epochs to train: give --epochs >= 1 or at least one --phase")
-    need(cfg.optimizer in OPTIMIZERS, f"--optimizer={cfg.optimizer}: one of {OPTIMIZERS}")
-    need(cfg.lr_schedule in SCHEDULES, f"--lr_schedule={cfg.lr_schedule}: one of {SCHEDULES}")
-    need(cfg.precision in PRECISIONS, f"--precision={cfg.precision}: one of {PRECISIONS}")
-    need(cfg.strategy in STRATEGIES, f"--strategy={cfg.strategy}: one of {STRATEGIES}")
-    need(cfg.cluster_timeout > 0, f"--cluster_timeout={cfg.cluster_timeout}: must be > 0")
     need(model_names is None or cfg.model in model_names,
          f"--model={cfg.model}: one of {tuple(model_names or ())}")
-    need(cfg.width > 0, f"--width={cfg.width}: must be > 0")
-    need(0 <= cfg.bn_momentum < 1, f"--bn_momentum={cfg.bn_momentum}: in [0, 1)")
-    need(cfg.learning_rate > 0, f"--learning_rate={cfg.learning_rate}: must be > 0")
-    need(cfg.epsilon > 0, f"--epsilon={cfg.epsilon}: must be > 0")
-    need(cfg.steps_per_epoch >= 0, f"--steps_per_epoch={cfg.steps_per_epoch}: must be >= 0")
-    need(8 <= cfg.val_image_size <= 512, f"--val_image_size={cfg.val_image_size}: 8..512")
+    check_settings(cfg)
     multiple = SIZE_MULTIPLE.get(cfg.model, 1)
     need(cfg.val_image_size % multiple == 0,
          f"--val_image_size={cfg.val_image_size}: --model={cfg.model} needs a multiple of "
          f"{multiple}")
-    need(cfg.steps_per_call >= 1, f"--steps_per_call={cfg.steps_per_call}: must be >= 1")
-    need(cfg.eval_batch_size >= 1, f"--eval_batch_size={cfg.eval_batch_size}: must be >= 1")
-    need(0 < cfg.plateau_factor < 1, f"--plateau_factor={cfg.plateau_factor}: in (0, 1)")
-    need(cfg.plateau_patience >= 0, f"--plateau_patience={cfg.plateau_patience}: >= 0")
-    need(cfg.checkpoint_every >= 1, f"--checkpoint_every={cfg.checkpoint_every}: >= 1")
-    need(cfg.keep_checkpoints >= 1, f"--keep_checkpoints={cfg.keep_checkpoints}: >= 1")
-    need(0 <= cfg.seed < 2 ** 31, f"--seed={cfg.seed}: 0..2**31-1")
-    need(cfg.misclassified >= 0, f"--misclassified={cfg.misclassified}: >= 0")
     need(not cfg.rmsprop_epsilon_outside_root or cfg.optimizer == "rmsprop",
          "--rmsprop_epsilon_outside_root needs --optimizer=rmsprop")
     for i, p in enumerate(cfg.phases, 1):
         where = f"phase {i}"
-        need(p.init in PHASE_INITS, f"{where}: init={p.init} not one of {PHASE_INITS}")
+        check_phase(p, i)
         need(i > 1 or p.init == "last", f"{where}: init=best needs a previous phase")
-        need(p.epochs >= 1, f"{where}: epochs={p.epochs} must be >= 1")
-        need(8 <= p.image_size <= 512, f"{where}: image size {p.image_size} not in 8..512")
         need(p.image_size % multiple == 0,
              f"{where}: image size {p.image_size}: --model={cfg.model} needs a multiple of "
              f"{multiple} (--image_size or the phase's size=)")
-        need(p.batch_size >= 1, f"{where}: batch size {p.batch_size} must be >= 1")
         need(recipe_names is None or p.augment in recipe_names,
              f"{where}: augmentation {p.augment!r} not one of {tuple(recipe_names or ())}")
         if cfg.lr_schedule == "triangular2":
@@ -250,6 +392,12 @@ def validate(cfg: RunConfig, *, recipe_names=None, model_names=None) -> None:
             need(0 < p.min_lr <= p.max_lr, f"{where}: need 0 < min_lr <= max_lr")
             need(p.step_epochs > 0, f"{where}: step_epochs must be > 0")
             need(not p.plateau, f"{where}: plateau=on needs --lr_schedule=constant")
+
+
+def validate_flags(cfg: RunConfig) -> None:
+    """:func:`validate` against the built-in models and recipes, without importing
+    TensorFlow: what ``train_main`` checks before it starts TensorFlow."""
+    validate(cfg, recipe_names=BUILTIN_RECIPES, model_names=tuple(SIZE_MULTIPLE))
 
 
 def first_epochs(phases: tuple[Phase, ...], epochs: int) -> tuple[Phase, ...]:

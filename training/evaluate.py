@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+from training import config as config_lib
+from training import console
 from training import fileio
 from training import reports
 from training.errors import RunError, RunFailure
@@ -272,11 +274,17 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
       ``{"report": dict or None, "predictions": count or None, "image_size": int}``.
 
     Raises:
+      config.ConfigError: a setting breaks its declared rule (``config.EvalSettings``).
       RunError: bad input (missing model, other classes, inapplicable image size, a report
         asked of an unlabelled split, nothing to write). ``manifest.BuildError``: bad build.
       RunFailure: a corrupt shard (named) or an output that cannot be written.
     """
     from tinyimagenet_tfrecords import manifest as manifest_lib
+    if fileio.is_url(model_path) or fileio.is_url(build_dir):
+        console.import_tensorflow_quietly()  # tf.io.gfile opens URLs
+    config_lib.check_settings(config_lib.EvalSettings(
+        image_size=image_size, batch_size=batch_size, misclassified=misclassified,
+        worst_classes=worst_classes))
     if not out and not predictions:
         raise RunError("give --out (a report) and/or --predictions (a CSV of predictions)")
     if not fileio.isfile(model_path):
@@ -287,6 +295,7 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     if out and not is_labelled(manifest, split):
         raise RunError(f"--split={split}: {build_dir}'s {split} split is unlabelled, so there is "
                        "nothing to score; use --predictions=FILE.csv for its predictions")
+    console.import_tensorflow_quietly()  # only now, with every cheap check passed
     try:
         model = load_model(model_path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, no traceback

@@ -1,9 +1,11 @@
 """Evaluate a saved model: ``python -m training.evaluate --model=<run>/best.keras --data=<build>
 --out=<folder>`` (or ``python -m training.evaluate_main``).
 
-Maps flags to :func:`training.evaluate.evaluate_model`. ``--split=test`` (unlabelled) cannot be
-scored: give ``--predictions=FILE.csv`` for a CSV of predicted wnids per image (filename,
-wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
+Maps flags to :func:`training.evaluate.evaluate_model`; the evaluation settings' flags come
+from their one declaration (``training.config.EvalSettings``) and are checked before
+TensorFlow is imported (``evaluate_model`` checks its inputs before it loads the model).
+``--split=test`` (unlabelled) cannot be scored: give ``--predictions=FILE.csv`` for a CSV of
+predicted wnids per image (filename, wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
 failure while running (e.g. a corrupt shard, a full disk).
 
 This module is not imported by the ``training`` package, so ``python -m`` runs it once.
@@ -16,7 +18,9 @@ import sys
 from absl import flags
 
 from tinyimagenet_tfrecords import cli as cli_lib
+from training import config as config_lib
 from training import console
+from training import settings
 
 console.quiet_tensorflow()
 
@@ -26,12 +30,10 @@ flags.DEFINE_string("out", None, "folder for the report files (labelled splits)"
 flags.DEFINE_string("predictions", None, "write a CSV of predictions (filename, wnid, top5) "
                     "for every image of --split; the way to use the unlabelled test split")
 flags.DEFINE_string("split", "val", "split to evaluate")
-flags.DEFINE_integer("image_size", None, "evaluation image size; default: the model's own "
-                     "input size, or 64 for a model that takes any size", lower_bound=8)
-flags.DEFINE_integer("batch_size", 256, "evaluation batch size", lower_bound=1)
 flags.DEFINE_bool("xla", True, "compile the eval step with XLA")
-flags.DEFINE_integer("misclassified", 36, "images in the misclassified grid", lower_bound=0)
-flags.DEFINE_integer("worst_classes", 10, "worst classes to list and plot", lower_bound=1)
+# --image_size, --batch_size, --misclassified, --worst_classes: declared once in
+# training.config.EvalSettings (a run's final report uses the same declarations).
+settings.define_eval_flags(flags.FLAGS, __name__)
 
 FLAGS = flags.FLAGS
 
@@ -46,7 +48,10 @@ def main(argv):
         _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
     if not FLAGS.model or not FLAGS.data:
         _fail("--model and --data are required (and --out and/or --predictions)", 2)
-    console.import_tensorflow_quietly()
+    try:  # settings first: a bad value is refused before TensorFlow starts (seconds)
+        chosen = settings.eval_settings(FLAGS)
+    except config_lib.ConfigError as e:
+        _fail(str(e).splitlines()[0], 2)
     from tinyimagenet_tfrecords import manifest as manifest_lib
     from training import evaluate
     from training import reports
@@ -54,9 +59,10 @@ def main(argv):
     try:
         result = evaluate.evaluate_model(
             FLAGS.model, FLAGS.data, out=FLAGS.out, predictions=FLAGS.predictions,
-            split=FLAGS.split, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-            xla=FLAGS.xla, misclassified=FLAGS.misclassified, worst_classes=FLAGS.worst_classes)
-    except (RunError, manifest_lib.BuildError) as e:
+            split=FLAGS.split, image_size=chosen.image_size, batch_size=chosen.batch_size,
+            xla=FLAGS.xla, misclassified=chosen.misclassified,
+            worst_classes=chosen.worst_classes)
+    except (RunError, manifest_lib.BuildError, config_lib.ConfigError) as e:
         _fail(str(e).splitlines()[0], 2)
     except RunFailure as e:
         _fail(str(e).splitlines()[0], 1)
