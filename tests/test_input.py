@@ -48,10 +48,12 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
 
 
 def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=("train",
-                "val")) -> dict:
-    """Writes a finished build: each split holds ``images`` (label i for image i)."""
+                "val"), labels=None) -> dict:
+    """Writes a finished build: each split holds ``images`` (label i for image i, unless
+    ``labels`` gives them)."""
     os.makedirs(out_dir, exist_ok=True)
     fmts = fmts or ["png"] * len(images)
+    labels = list(range(len(images))) if labels is None else list(labels)
     split_info = {}
     for split in splits:
         shard_list = []
@@ -68,7 +70,7 @@ def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=
                         data, fmt = _encode(img, fmts[i]), fmts[i]
                     w.write(features.serialize_example(
                         image=data, image_format=fmt, height=img.shape[0], width=img.shape[1],
-                        label=i, wnid=f"n{i:08d}", filename=f"img{i}.{fmt}"))
+                        label=labels[i], wnid=f"n{i:08d}", filename=f"img{i}.{fmt}"))
             shard_list.append({"file": name, "num_examples": len(idx), "sha256": ""})
         split_info[split] = {"num_examples": len(images), "per_class": {},
                              "shards": shard_list}
