@@ -109,6 +109,8 @@ def test_part_sizes_follow_the_readers_sharding(build_dir, one_shard_dir):
     assert [four.part_size(2, p) for p in range(2)] == [10, 10]  # whole files
     assert [four.part_size(3, p) for p in range(3)] == [10, 5, 5]
     assert [one.part_size(3, p) for p in range(3)] == [7, 7, 6]  # every 3rd example
+    assert [manifest_lib.part_size_of([3, 9], 2, p) for p in range(2)] == [3, 9]
+    assert [manifest_lib.part_size_of([3, 9], 3, p) for p in range(3)] == [4, 4, 4]
     raw = json.load(open(os.path.join(one_shard_dir, "manifest.json")))
     assert [pipeline.part_size(raw, "train", 3, p) for p in range(3)] == [7, 7, 6]
 
@@ -295,7 +297,7 @@ def _same_eval_batches(folder, parts, size, pids=None):
 
 
 def test_eval_dataset_equals_make_dataset(build_dir):
-    _same_eval_batches(build_dir, 3, 24, pids=[0])
+    _same_eval_batches(build_dir, 3, 24, pids=[2])
 
 
 @pytest.mark.slow
