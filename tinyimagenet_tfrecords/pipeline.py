@@ -37,6 +37,12 @@ pipeline", for measured figures; ``benchmarks/pipeline.py`` measures them).
 
 Images stay uint8 to the end: 4x less host->device traffic than float32; the model scales
 them by 1/255 itself.
+
+Two readers take a build opened once (``manifest.open_build``), each with only the parameters
+it uses: :func:`training_stream` (stages 1-5, 7, 8) and :func:`eval_dataset` (stages 1-5, in
+a fixed order, last partial batch kept, built once and iterated every epoch). The legacy
+:func:`make_dataset` (the only user of stage 6's cache) and :func:`make_input_fn` remain until
+``training/`` has moved to them.
 """
 
 from __future__ import annotations
