@@ -10,7 +10,7 @@ Stages (images/second, each on the same build, one after another):
 - ``decode``: + decoding at the stored size (64 px);
 - ``resize``: + resizing to ``--image_size`` (a no-op row when that is the stored size) and
   to each ``--resize_sizes``;
-- ``train``: the full training pipeline of :func:`pipeline.make_dataset` (shuffle, repeat,
+- ``train``: the training reader :func:`pipeline.training_stream` (seeded data passes,
   batch, parse, decode, resize) without augmentation;
 - ``train_augment``: the same with ``augment.get_recipe(--recipe)`` applied to whole batches
   inside tf.data on the CPU, XLA-compiled (the pipeline's default);
@@ -33,8 +33,8 @@ decode, resize, augment), and ``--trace_dir`` records a TensorFlow profiler trac
 figures with a description of the machine.
 
 Every stage times the product's own code: ``pipeline.parse_batch``/``decode_batch``/
-``resize_images`` with ``pipeline.dataset_options``, ``pipeline.make_dataset`` and
-``augment.get_recipe``.
+``resize_images`` with ``pipeline.dataset_options``, ``pipeline.training_stream`` and
+``augment.get_recipe``; the build is opened once (``manifest.open_build``).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def profile_ops(files, *, batch_size: int, image_size: int, storage: str, recipe
 
 # -------------------------------------------------------------------------------- main ---
 
-def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int,
+def run_bench(data, *, src: Optional[str], batch_size: int, image_size: int,
               resize_sizes, seconds: float, max_batches: Optional[int], recipe_name: str,
               recipe: Optional[Callable], stages, profile: bool, trace_dir: Optional[str],
               warmup_seconds: float = 3.0, deterministic: bool = True,
@@ -286,15 +286,16 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
               log: Callable[[str], None] = print) -> dict:
     """Runs the requested stages on one build and returns ``{stage: images/s, ...}``.
 
+    ``data`` is a build opened by ``manifest.open_build`` (or its folder, opened here).
     ``recipe`` is the augmentation timed in the ``train_augment*`` stages (``None`` skips
     them with a note); ``recipe_name`` labels it.
     """
-    manifest = manifest_lib.load_manifest(data)
-    files = manifest_lib.shard_paths(data, manifest, "train")
-    storage = manifest["storage"]
+    build = data if isinstance(data, manifest_lib.Build) else manifest_lib.open_build(data)
+    files = list(build.split("train").paths)
+    storage = build.storage
     native = stored_size(files)
-    src = src or manifest.get("source")
-    figures: dict = {"data": data, "storage": storage, "batch_size": batch_size,
+    src = src or build.source
+    figures: dict = {"data": build.path, "storage": storage, "batch_size": batch_size,
                      "image_size": image_size, "cpus": os.cpu_count(),
                      "deterministic": deterministic, "stages": {},
                      "notes": [], "machine": machine_description()}
@@ -316,20 +317,20 @@ def run_bench(data: str, *, src: Optional[str], batch_size: int, image_size: int
     for size in sorted({image_size, *resize_sizes}, reverse=True):
         note = "  (stored size: resize skipped)" if size == native else ""
         record(f"resize:{size}", iter(stage_decode(files, batch_size, size, storage)), note)
-    train_kwargs = dict(batch_size=batch_size, image_size=image_size, training=True,
+    train_kwargs = dict(batch_size=batch_size, image_size=image_size, seed=0,
                         deterministic=deterministic)
-    record("train", iter(pipeline.make_dataset(data, "train", **train_kwargs)))
+    record("train", iter(pipeline.training_stream(build, **train_kwargs)))
     if recipe is not None and "train_augment" in stages:
         # The pipeline's default: the recipe compiled by XLA (CPU) inside tf.data.
-        ds = pipeline.make_dataset(data, "train", augment=recipe, **train_kwargs)
+        ds = pipeline.training_stream(build, augment=recipe, **train_kwargs)
         if trace_dir:
             tf.profiler.experimental.start(trace_dir)
         record("train_augment", iter(ds), f"  (recipe {recipe_name}, XLA)")
         if trace_dir:
             tf.profiler.experimental.stop()
     if recipe is not None and "train_augment_no_xla" in stages:
-        ds = pipeline.make_dataset(data, "train", augment=recipe, jit_augment=False,
-                                   **train_kwargs)
+        ds = pipeline.training_stream(build, augment=recipe, jit_augment=False,
+                                      **train_kwargs)
         record("train_augment_no_xla", iter(ds), f"  (recipe {recipe_name}, no XLA)")
     if "old_way" in stages or "old_way_no_augment" in stages:
         if src and os.path.isdir(os.path.join(src, "train")):
@@ -427,12 +428,13 @@ def main(argv) -> int:
         return cli_lib.EXIT_BAD_INPUT
     try:
         recipe = None if FLAGS.recipe == "none" else augment.get_recipe(FLAGS.recipe)
-        manifest_lib.load_manifest(FLAGS.data)
+        build = manifest_lib.open_build(FLAGS.data)
+        build.split("train")
     except (KeyError, ValueError, manifest_lib.BuildError) as e:
         print(f"pipeline bench: error: {e}", file=sys.stderr)
         return cli_lib.EXIT_BAD_INPUT
     figures = run_bench(
-        FLAGS.data, src=FLAGS.src, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
+        build, src=FLAGS.src, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size,
         resize_sizes=[int(s) for s in FLAGS.resize_sizes], seconds=FLAGS.seconds,
         max_batches=FLAGS.batches, recipe_name=FLAGS.recipe, recipe=recipe,
         stages=set(FLAGS.stages),

@@ -1,4 +1,6 @@
-"""Tests of the graph-mode input pipeline (tinyimagenet_tfrecords.pipeline).
+"""Tests of the graph-mode input pipeline (tinyimagenet_tfrecords.pipeline): its two readers
+of an opened build, ``training_stream`` and ``eval_dataset`` (``tests/test_readers.py`` checks
+that they equal the legacy ``make_dataset``, whose own extras are tested here until it goes).
 
 Most tests use small builds written here with ``features.serialize_example`` (so they can hold
 odd cases the real data lacks: PNG, non-64 sizes, raw storage) whose labels are unique per
@@ -48,10 +50,12 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
 
 
 def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=("train",
-                "val")) -> dict:
-    """Writes a finished build: each split holds ``images`` (label i for image i)."""
+                "val"), labels=None) -> dict:
+    """Writes a finished build: each split holds ``images`` (label i for image i, unless
+    ``labels`` gives them)."""
     os.makedirs(out_dir, exist_ok=True)
     fmts = fmts or ["png"] * len(images)
+    labels = list(range(len(images))) if labels is None else list(labels)
     split_info = {}
     for split in splits:
         shard_list = []
@@ -68,7 +72,7 @@ def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=
                         data, fmt = _encode(img, fmts[i]), fmts[i]
                     w.write(features.serialize_example(
                         image=data, image_format=fmt, height=img.shape[0], width=img.shape[1],
-                        label=i, wnid=f"n{i:08d}", filename=f"img{i}.{fmt}"))
+                        label=labels[i], wnid=f"n{i:08d}", filename=f"img{i}.{fmt}"))
             shard_list.append({"file": name, "num_examples": len(idx), "sha256": ""})
         split_info[split] = {"num_examples": len(images), "per_class": {},
                              "shards": shard_list}
@@ -107,6 +111,20 @@ def _collect(ds):
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def _open(build_dir):
+    return manifest_lib.open_build(build_dir)
+
+
+def _eval(build_dir, split="val", *, batch_size, image_size=64, **kwargs):
+    return pipeline.eval_dataset(_open(build_dir), split, batch_size=batch_size,
+                                 image_size=image_size, **kwargs)
+
+
+def _train(build_dir, *, batch_size, image_size=64, seed=0, **kwargs):
+    return pipeline.training_stream(_open(build_dir), batch_size=batch_size,
+                                    image_size=image_size, seed=seed, **kwargs)
+
+
 def _resized(img, size):
     out = tf.image.resize(_rgb(img)[None].astype(np.float32), [size, size], "bilinear",
                           antialias=False)[0]
@@ -117,26 +135,31 @@ def _resized(img, size):
 
 def test_missing_unfinished_and_other_schema_builds_raise_build_error(tmp_path, png_build):
     with pytest.raises(manifest_lib.BuildError, match="no such build"):
-        pipeline.make_dataset(str(tmp_path / "nope"), "val", batch_size=4)
+        _open(str(tmp_path / "nope"))
     with pytest.raises(manifest_lib.BuildError, match="not a finished build"):
-        pipeline.make_dataset(str(tmp_path), "val", batch_size=4)
+        _open(str(tmp_path))
     other = tmp_path / "other"
     write_build(other, [_image(0)])
     m = json.loads((other / "manifest.json").read_text())
     m["schema_version"] = features.SCHEMA_VERSION + 1
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(manifest_lib.BuildError, match="schema"):
-        pipeline.make_dataset(str(other), "val", batch_size=4)
+        _open(str(other))
     with pytest.raises(manifest_lib.BuildError, match="not built"):
-        pipeline.make_dataset(png_build[0], "test", batch_size=4)
+        _eval(png_build[0], "test", batch_size=4)
+    with pytest.raises(manifest_lib.BuildError, match="schema"):  # the legacy reader too
+        pipeline.make_dataset(str(other), "val", batch_size=4)
 
 
 def test_invalid_arguments_are_rejected(png_build):
     with pytest.raises(ValueError):
-        pipeline.make_dataset(png_build[0], "val", batch_size=0)
+        _eval(png_build[0], batch_size=0)
     with pytest.raises(ValueError):
-        pipeline.make_dataset(png_build[0], "val", batch_size=4, input_pipeline_id=2,
-                              num_input_pipelines=2)
+        _eval(png_build[0], batch_size=4, image_size=0)
+    with pytest.raises(ValueError):
+        _eval(png_build[0], batch_size=4, input_pipeline_id=2, num_input_pipelines=2)
+    with pytest.raises(TypeError):
+        _train(png_build[0], batch_size=4, augment="flip")
     with pytest.raises(TypeError):
         pipeline.make_dataset(png_build[0], "val", batch_size=4, augment="flip")
     with pytest.raises(TypeError):
@@ -146,20 +169,20 @@ def test_invalid_arguments_are_rejected(png_build):
 # ------------------------------------------------------------------------------ eval order ---
 
 def test_eval_pipeline_sees_every_example_once_in_the_same_order(png_build):
-    ds = pipeline.make_dataset(png_build[0], "val", batch_size=7)
+    ds = _eval(png_build[0], batch_size=7)
     shapes = [tuple(x.shape) for x, _ in ds]
     assert shapes == [(7, 64, 64, 3), (7, 64, 64, 3), (6, 64, 64, 3)]  # keeps the remainder
     _, labels1 = _collect(ds)
-    _, labels2 = _collect(pipeline.make_dataset(png_build[0], "val", batch_size=7, seed=5))
+    _, labels2 = _collect(_eval(png_build[0], batch_size=7))
     assert sorted(labels1) == list(range(N))
-    np.testing.assert_array_equal(labels1, labels2)  # deterministic, seed-independent
+    np.testing.assert_array_equal(labels1, labels2)  # deterministic
 
 
 # ---------------------------------------------------------------------------------- decode ---
 
 def test_png_and_grayscale_decode_to_the_exact_rgb_pixels(png_build):
     build, images = png_build
-    x, y = _collect(pipeline.make_dataset(build, "val", batch_size=8))
+    x, y = _collect(_eval(build, batch_size=8))
     assert x.dtype == np.uint8 and y.dtype == np.int32
     for img, label in zip(x, y):
         np.testing.assert_array_equal(img, _rgb(images[label]))
@@ -168,7 +191,7 @@ def test_png_and_grayscale_decode_to_the_exact_rgb_pixels(png_build):
 def test_jpeg_decodes_close_to_source_and_grayscale_jpeg_gives_three_equal_channels(tmp_path):
     images = [_image(i, gray=(i % 2 == 1)) for i in range(6)]
     write_build(tmp_path, images, fmts=["jpeg"] * 6, splits=("val",))
-    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=4))
+    x, y = _collect(_eval(str(tmp_path), batch_size=4))
     for img, label in zip(x, y):
         # The accurate IDCT matches PIL (Keras' load_img) exactly; allow one level for other
         # libjpeg builds. (TF's default IDCT differs by up to 4 and fails this.)
@@ -186,7 +209,7 @@ def test_mixed_size_images_are_resized_bilinear_and_rounded(tmp_path, storage, s
     sizes = [(64, 64), (40, 48), (64, 64), (17, 90), (64, 64)]
     images = [_image(i, h, w, gray=(i == 1)) for i, (h, w) in enumerate(sizes)]
     write_build(tmp_path, images, storage=storage, splits=("val",))
-    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=5, image_size=size))
+    x, y = _collect(_eval(str(tmp_path), batch_size=5, image_size=size))
     assert x.shape == (5, size, size, 3)
     for img, label in zip(x, y):
         np.testing.assert_array_equal(img, _resized(images[label], size))
@@ -196,7 +219,7 @@ def test_mixed_size_images_are_resized_bilinear_and_rounded(tmp_path, storage, s
 def test_raw_storage_uniform_batches_match_the_source(tmp_path, size):
     images = [_image(i) for i in range(N)]
     write_build(tmp_path, images, storage="raw", shards=2, splits=("val",))
-    x, y = _collect(pipeline.make_dataset(str(tmp_path), "val", batch_size=6, image_size=size))
+    x, y = _collect(_eval(str(tmp_path), batch_size=6, image_size=size))
     for img, label in zip(x, y):
         np.testing.assert_array_equal(img, _resized(images[label], size))
 
@@ -210,7 +233,7 @@ def test_resize_to_the_stored_size_is_skipped():
 # -------------------------------------------------------------------------------- training ---
 
 def test_training_shuffles_repeats_by_whole_epochs_and_drops_the_remainder(png_build):
-    ds = pipeline.make_dataset(png_build[0], "train", batch_size=8, image_size=32)
+    ds = _train(png_build[0], batch_size=8, image_size=32)
     batches = list(ds.take(5))  # 40 examples = exactly two epochs of 20
     for x, y in batches:
         assert x.shape == (8, 32, 32, 3) and x.dtype == tf.uint8 and y.dtype == tf.int32
@@ -229,7 +252,7 @@ def _seed_stamp(images, seed):
 
 
 def _first_batches(build, n=4, **kwargs):
-    ds = pipeline.make_dataset(build, "train", batch_size=8, image_size=16, **kwargs)
+    ds = _train(build, batch_size=8, image_size=16, **kwargs)
     return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
 
 
@@ -262,7 +285,7 @@ def test_augment_gets_a_stateless_seed_per_batch_from_seed_pipeline_and_index(pn
     assert not np.array_equal(other_pipeline, pipeline.batch_seed(7, 0, 0).numpy())
 
 
-def test_cache_keeps_eval_batches_and_still_reshuffles_training_epochs(png_build):
+def test_legacy_cache_keeps_eval_batches_and_still_reshuffles_training_epochs(png_build):
     build = png_build[0]
     x0, y0 = _collect(pipeline.make_dataset(build, "val", batch_size=6))
     cached = pipeline.make_dataset(build, "val", batch_size=6, cache=True)
@@ -293,15 +316,16 @@ def _graph_ops(ds) -> set:
 
 def test_pipeline_graph_has_no_python_functions(png_build):
     flip = lambda images, seed: tf.image.stateless_random_flip_left_right(images, seed)  # noqa
-    for split, kwargs in [("train", dict(augment=flip, cache=True)),
-                          ("train", dict(augment=flip, deterministic=False)),
-                          ("val", dict(image_size=32))]:
-        ops = _graph_ops(pipeline.make_dataset(png_build[0], split, batch_size=4, **kwargs))
+    build = png_build[0]
+    for ds in [_train(build, batch_size=4, augment=flip, deterministic=False),
+               _eval(build, batch_size=4, image_size=32, with_filenames=True),
+               pipeline.make_dataset(build, "train", batch_size=4, augment=flip, cache=True)]:
+        ops = _graph_ops(ds)
         assert "ParseExample" in ops or "ParseExampleV2" in ops  # the walk sees functions
         assert not ops & PY_OPS, ops & PY_OPS
     # The check itself can fail: a py_function augmentation is caught.
     bad = lambda images, seed: tf.py_function(lambda x: x, [images], tf.uint8)  # noqa: E731
-    ops = _graph_ops(pipeline.make_dataset(png_build[0], "train", batch_size=4, augment=bad))
+    ops = _graph_ops(_train(build, batch_size=4, augment=bad))
     assert ops & PY_OPS
 
 
@@ -315,10 +339,9 @@ def _xla_functions(ds) -> int:
 def test_augmentation_is_xla_compiled_unless_disabled(png_build):
     flip = lambda images, seed: tf.image.stateless_random_flip_left_right(images, seed)  # noqa
     kwargs = dict(batch_size=4, image_size=16, augment=flip)
-    assert _xla_functions(pipeline.make_dataset(png_build[0], "train", **kwargs)) >= 1
-    assert _xla_functions(pipeline.make_dataset(png_build[0], "train", jit_augment=False,
-                                                **kwargs)) == 0
-    x, _ = next(iter(pipeline.make_dataset(png_build[0], "train", **kwargs)))
+    assert _xla_functions(_train(png_build[0], **kwargs)) >= 1
+    assert _xla_functions(_train(png_build[0], jit_augment=False, **kwargs)) == 0
+    x, _ = next(iter(_train(png_build[0], **kwargs)))
     assert x.shape == (4, 16, 16, 3) and x.dtype == tf.uint8
 
 
@@ -328,11 +351,15 @@ def test_augmentation_is_xla_compiled_unless_disabled(png_build):
 @pytest.mark.parametrize("split", ["val", "train"])
 def test_input_pipelines_partition_the_examples(tmp_path, shards, split):
     write_build(tmp_path, [_image(i, 8, 8) for i in range(N)], shards=shards)
+    build = _open(str(tmp_path))
     seen = []
     for pid in range(2):
-        ds = pipeline.make_dataset(str(tmp_path), split, batch_size=3, image_size=8,
-                                   repeat=False, drop_remainder=False,
-                                   num_input_pipelines=2, input_pipeline_id=pid)
+        part = dict(num_input_pipelines=2, input_pipeline_id=pid)
+        if split == "val":
+            ds = pipeline.eval_dataset(build, split, batch_size=3, image_size=8, **part)
+        else:  # one data pass of this part, one example per batch
+            ds = pipeline.training_stream(build, batch_size=1, image_size=8, seed=0,
+                                          **part).take(build.split(split).part_size(2, pid))
         seen.append(_collect(ds)[1].tolist())
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(N))
@@ -389,8 +416,9 @@ def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path
 
 @pytest.fixture(scope="module")
 def sample_pair(sample_build):
-    """conftest's session build of the real sample, with its manifest."""
-    return sample_build, manifest_lib.load_manifest(sample_build)
+    """conftest's session build of the real sample, opened, with its manifest."""
+    build = manifest_lib.open_build(sample_build)
+    return build, build.manifest
 
 
 def _pil_rgb(path) -> np.ndarray:
@@ -398,7 +426,7 @@ def _pil_rgb(path) -> np.ndarray:
 
 
 def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_pair):
-    build_dir, manifest = sample_pair
+    build, manifest = sample_pair
     labels_of = {c["wnid"]: c["label"] for c in manifest["classes"]}
     expected = {}  # pixel bytes -> label, from the dataset folder via PIL (as Keras loads it)
     with open(os.path.join(SAMPLE, "val", "val_annotations.txt")) as f:
@@ -406,17 +434,17 @@ def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_pair):
             name, wnid = line.split("\t")[:2]
             img = _pil_rgb(os.path.join(SAMPLE, "val", "images", name))
             expected[img.tobytes()] = labels_of[wnid]
-    x, y = _collect(pipeline.make_dataset(build_dir, "val", batch_size=64))
+    x, y = _collect(pipeline.eval_dataset(build, "val", batch_size=64, image_size=64))
     assert len(y) == manifest["splits"]["val"]["num_examples"] == len(expected)
     got = {img.tobytes(): int(label) for img, label in zip(x, y)}
     assert got == expected  # every image once, decoded exactly as PIL does, right label
 
 
 def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_pair):
-    build_dir, manifest = sample_pair
+    build, manifest = sample_pair
     per_class = manifest["splits"]["train"]["per_class"]
     counts = np.zeros(manifest["num_classes"], int)
-    ds = pipeline.make_dataset(build_dir, "train", batch_size=100, image_size=32)
+    ds = pipeline.training_stream(build, batch_size=100, image_size=32, seed=0)
     for x, y in ds.take(manifest["splits"]["train"]["num_examples"] // 100):
         assert x.shape == (100, 32, 32, 3) and x.dtype == tf.uint8
         counts += np.bincount(y.numpy(), minlength=len(counts))

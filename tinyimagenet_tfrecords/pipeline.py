@@ -37,6 +37,12 @@ pipeline", for measured figures; ``benchmarks/pipeline.py`` measures them).
 
 Images stay uint8 to the end: 4x less host->device traffic than float32; the model scales
 them by 1/255 itself.
+
+Two readers take a build opened once (``manifest.open_build``), each with only the parameters
+it uses: :func:`training_stream` (stages 1-5, 7, 8) and :func:`eval_dataset` (stages 1-5, in
+a fixed order, last partial batch kept, built once and iterated every epoch). The legacy
+:func:`make_dataset` (the only user of stage 6's cache) and :func:`make_input_fn` remain until
+``training/`` has moved to them.
 """
 
 from __future__ import annotations
@@ -219,14 +225,11 @@ def part_size(manifest: dict, split: str, num_input_pipelines: int = 1,
     """Examples in this input pipeline's part of ``split`` (one data pass), from the manifest.
 
     Mirrors :func:`_records`: whole shard files when every pipeline gets one, else every n-th
-    example of the deterministic record order.
+    example of the deterministic record order. (An opened build: ``build.split(s).part_size``.)
     """
-    counts = [int(s["num_examples"]) for s in manifest["splits"][split]["shards"]]
-    n = num_input_pipelines
-    if n > 1 and len(counts) >= n:
-        return sum(counts[input_pipeline_id::n])
-    total = sum(counts)
-    return (total - input_pipeline_id + n - 1) // n
+    return manifest_lib.part_size_of(
+        (s["num_examples"] for s in manifest["splits"][split]["shards"]),
+        num_input_pipelines, input_pipeline_id)
 
 
 def training_records(files: Sequence[str], *, seed: int, start_example: int, part: int,
@@ -270,8 +273,143 @@ def training_records(files: Sequence[str], *, seed: int, start_example: int, par
     return passes.skip(offset) if offset else passes
 
 
+# ---------------------------------------------------------------------------------------------
+# The two readers of an opened build.
+# ---------------------------------------------------------------------------------------------
+
+def _opened(build) -> manifest_lib.Build:
+    if not isinstance(build, manifest_lib.Build):
+        raise TypeError(f"expected a build from manifest.open_build, got {build!r}")
+    return build
+
+
+def _split_files(build: manifest_lib.Build, split: str) -> list[str]:
+    files = list(build.split(split).paths)
+    if not files:
+        raise manifest_lib.BuildError(f"{build.path}: split {split!r} has no shards")
+    return files
+
+
+def _decoder(image_size: int, storage: str, with_filenames: bool = False):
+    """The per-batch map: serialized ``[B]`` -> (images uint8, labels int32[, filenames])."""
+    spec = dict(PARSE_SPEC, **({features.FILENAME: features.PARSE_SPEC[features.FILENAME]}
+                               if with_filenames else {}))
+
+    @tf.autograph.experimental.do_not_convert
+    def decode(serialized):
+        parsed = tf.io.parse_example(serialized, spec) if with_filenames else \
+            parse_batch(serialized)
+        out = (decode_batch(parsed, image_size, storage), _labels(parsed))
+        return out + (parsed[features.FILENAME],) if with_filenames else out
+    return decode
+
+
+def _augmented(ds: tf.data.Dataset, augment: Augment, *, jit_augment: bool, seed: int,
+               input_pipeline_id: int, deterministic: bool) -> tf.data.Dataset:
+    """Applies ``augment`` to whole batches with :func:`batch_seed` of the batch index."""
+    augment_fn = (tf.function(augment, jit_compile=True, autograph=False)
+                  if jit_augment else augment)
+
+    # Traced as written, not autograph-converted: converting a large callable is slow and
+    # can break code not written for it. A callable that needs Python control flow on
+    # tensors can be a tf.function (which converts itself).
+    @tf.autograph.experimental.do_not_convert
+    def apply_augment(index, batch):
+        images, labels = batch
+        out = augment_fn(images, batch_seed(seed, input_pipeline_id, index))
+        return tf.ensure_shape(out, images.shape), labels
+    return ds.enumerate().map(apply_augment, num_parallel_calls=AUTOTUNE,
+                              deterministic=deterministic)
+
+
+def training_stream(build: manifest_lib.Build, *, batch_size: int, image_size: int, seed: int,
+                    start_example: int = 0, num_input_pipelines: int = 1,
+                    input_pipeline_id: int = 0, deterministic: bool = True,
+                    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                    augment: Optional[Augment] = None,
+                    jit_augment: bool = True) -> tf.data.Dataset:
+    """The endless training stream of the train split: ``(images uint8 [B, S, S, 3], labels
+    int32 [B])``, full batches only, from example ``start_example`` of this part on.
+
+    Data passes as :func:`training_records` (pass p shuffled by (seed, p) alone), cut into
+    batches that may straddle two passes; a resumed run starts at the example it stopped at.
+
+    Args:
+      build: the opened build (:func:`manifest.open_build`); its manifest is not read again.
+      batch_size: examples per batch of this part (per replica under a strategy).
+      image_size: output side S (bilinear, antialias off, rounded; skipped at the stored size).
+      seed: seeds the passes' shuffles and the per-batch augmentation seeds.
+      start_example: where this part's stream starts, in its own examples.
+      num_input_pipelines, input_pipeline_id: this part: whole shard files when there are at
+        least as many files as parts, else every n-th example.
+      deterministic: False lets parallel stages emit out of order (not reproducible).
+      shuffle_buffer: serialized records in the per-pass shuffle buffer.
+      augment: ``(images, seed int32 [2]) -> images`` per batch, seeded by
+        :func:`batch_seed` of (seed, input_pipeline_id, batch index); for the benchmarks (the
+        fit loop augments inside its train step).
+      jit_augment: compile ``augment`` with XLA inside tf.data; False for ops XLA lacks.
+
+    Raises:
+      manifest.BuildError: the build has no train split. ValueError, TypeError: bad arguments.
+    """
+    build = _opened(build)
+    _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, augment)
+    if not isinstance(start_example, numbers.Integral) or start_example < 0:
+        raise ValueError(f"start_example must be an int >= 0, got {start_example!r}")
+    files = _split_files(build, "train")
+    ds = training_records(
+        files, seed=seed, start_example=int(start_example),
+        part=build.split("train").part_size(num_input_pipelines, input_pipeline_id),
+        deterministic=bool(deterministic), num_input_pipelines=num_input_pipelines,
+        input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
+    ds = ds.batch(int(batch_size), drop_remainder=True).map(
+        _decoder(int(image_size), build.storage), num_parallel_calls=AUTOTUNE,
+        deterministic=bool(deterministic))
+    if augment is not None:
+        ds = _augmented(ds, augment, jit_augment=jit_augment, seed=seed,
+                        input_pipeline_id=input_pipeline_id, deterministic=bool(deterministic))
+    return ds.prefetch(AUTOTUNE).with_options(_options(bool(deterministic)))
+
+
+def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, image_size: int,
+                 num_input_pipelines: int = 1, input_pipeline_id: int = 0,
+                 with_filenames: bool = False) -> tf.data.Dataset:
+    """A deterministic pass over every example of this part of ``split`` once, keeping the
+    last partial batch: ``(images uint8 [B, S, S, 3], labels int32 [B])``.
+
+    Build it once per (split, size, batch) and iterate it every epoch: each iteration
+    restarts it and yields the same batches. Its order does not depend on ``batch_size``, so
+    the misclassified grid picks images by index from the reader evaluation used.
+
+    Args:
+      build: the opened build (:func:`manifest.open_build`).
+      split: any built split (test labels are -1).
+      batch_size, image_size: examples per batch and output side (see
+        :func:`training_stream`).
+      num_input_pipelines, input_pipeline_id: this part (e.g. one worker's share).
+      with_filenames: also yield each example's ``filename`` (string ``[B]``), for
+        predictions.
+
+    Raises:
+      manifest.BuildError: ``split`` not built. ValueError: bad arguments.
+    """
+    build = _opened(build)
+    _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, None)
+    ds = _records(_split_files(build, split), training=False, seed=0, deterministic=True,
+                  num_input_pipelines=num_input_pipelines,
+                  input_pipeline_id=input_pipeline_id)
+    ds = ds.batch(int(batch_size)).map(
+        _decoder(int(image_size), build.storage, with_filenames),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE).with_options(_options(True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Legacy: one function for every shape, re-reading the manifest per call.
+# ---------------------------------------------------------------------------------------------
+
 def make_dataset(
-    build_dir: str,
+    build_dir,
     split: str,
     *,
     batch_size: int,
@@ -291,8 +429,14 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``(images uint8 [B, S, S, 3], labels int32 [B])`` for a split.
 
+    Legacy, to be removed once ``training/`` uses :func:`training_stream` and
+    :func:`eval_dataset` (issue 17); its batches equal theirs for the same arguments
+    (``tests/test_readers.py``). ``cache=`` and the repeat/drop-remainder overrides have no
+    caller outside its own tests.
+
     Args:
-      build_dir: a finished build (``manifest.json`` of this schema).
+      build_dir: a finished build folder or URL (its manifest is read here), or a build
+        already opened by :func:`manifest.open_build` (not read again).
       split: ``"train"``, ``"val"`` or ``"test"`` (test labels are -1).
       batch_size: examples per batch *of this input pipeline* (per replica under a
         distribution strategy; see :func:`make_input_fn` for a global batch).
@@ -333,13 +477,10 @@ def make_dataset(
     if not isinstance(start_example, numbers.Integral) or start_example < 0:
         raise ValueError(f"start_example must be an int >= 0, got {start_example!r}")
     batch_size, image_size = int(batch_size), int(image_size)
-    manifest = manifest_lib.load_manifest(build_dir)
-    files = manifest_lib.shard_paths(build_dir, manifest, split)
-    if not files:
-        raise manifest_lib.BuildError(f"{build_dir}: split {split!r} has no shards")
-    storage = manifest.get("storage", "jpeg")
-    if storage not in features.STORAGE_FORMATS:
-        raise manifest_lib.BuildError(f"{build_dir}: unknown storage {storage!r}")
+    build = (build_dir if isinstance(build_dir, manifest_lib.Build)
+             else manifest_lib.open_build(build_dir))
+    files = _split_files(build, split)
+    storage = build.storage
     training = (split == "train") if training is None else bool(training)
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
     repeat = training if repeat is None else bool(repeat)
@@ -376,7 +517,7 @@ def make_dataset(
         if training and repeat:
             ds = training_records(
                 files, seed=seed, start_example=start_example,
-                part=part_size(manifest, split, num_input_pipelines, input_pipeline_id),
+                part=build.split(split).part_size(num_input_pipelines, input_pipeline_id),
                 deterministic=deterministic, num_input_pipelines=num_input_pipelines,
                 input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
         else:
@@ -388,19 +529,8 @@ def make_dataset(
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
     if augment is not None:
-        augment_fn = (tf.function(augment, jit_compile=True, autograph=False)
-                      if jit_augment else augment)
-
-        # Traced as written, not autograph-converted: converting a large callable is slow and
-        # can break code not written for it. A callable that needs Python control flow on
-        # tensors can be a tf.function (which converts itself).
-        @tf.autograph.experimental.do_not_convert
-        def apply_augment(index, batch):
-            images, labels = batch
-            out = augment_fn(images, batch_seed(seed, input_pipeline_id, index))
-            return tf.ensure_shape(out, images.shape), labels
-        ds = ds.enumerate().map(apply_augment, num_parallel_calls=AUTOTUNE,
-                                deterministic=deterministic)
+        ds = _augmented(ds, augment, jit_augment=jit_augment, seed=seed,
+                        input_pipeline_id=input_pipeline_id, deterministic=deterministic)
 
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options(deterministic))
@@ -427,6 +557,9 @@ _options = dataset_options  # the name make_dataset uses
 def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwargs):
     """An ``input_fn(input_context)`` for ``strategy.distribute_datasets_from_function``.
 
+    Legacy, to be removed with :func:`make_dataset` (``training/`` builds its per-replica
+    parts with ``multiworker.per_replica_input_fn``). Opens the build once, here.
+
     Each input pipeline gets its share of the split (see :func:`make_dataset`) and batches of
     ``input_context.get_per_replica_batch_size(global_batch_size)``. ``kwargs`` are the other
     arguments of :func:`make_dataset`, except that ``start_example`` counts the examples
@@ -439,11 +572,12 @@ def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwarg
             raise TypeError(f"make_input_fn sets {reserved} from the InputContext")
     if not _positive_int(global_batch_size):
         raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
-    manifest_lib.load_manifest(build_dir)  # fail early, not inside the strategy
+    build = (build_dir if isinstance(build_dir, manifest_lib.Build)
+             else manifest_lib.open_build(build_dir))  # fail early, not inside the strategy
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make_dataset(
-            build_dir, split,
+            build, split,
             batch_size=input_context.get_per_replica_batch_size(global_batch_size),
             num_input_pipelines=input_context.num_input_pipelines,
             input_pipeline_id=input_context.input_pipeline_id,
