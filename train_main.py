@@ -175,11 +175,23 @@ def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signa
     raise KeyboardInterrupt
 
 
+def interrupt_on_signals() -> None:
+    """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, which the run turns into
+    "interrupted after epoch N" and exit 130.
+
+    SIGINT gets Python's own handler back: a job started in the background (``&``, ``nohup``,
+    some CI runners) inherits SIGINT *ignored*, yet its user still expects ``kill -INT`` (or
+    Ctrl-C after ``fg``) to stop it cleanly.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TF's per-step INFO lines drown the progress bar
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    interrupt_on_signals()
     console.import_tensorflow_quietly()
     import training
     from tinyimagenet_tfrecords import manifest as manifest_lib
@@ -208,8 +220,18 @@ def main(argv):
 
 def run():
     """Console-script entry point (``train_main`` in setup.cfg): ``--help`` lists the flags;
-    a flag error is one line and exit 2."""
-    cli_lib.run(main, __name__)
+    a flag error is one line and exit 2.
+
+    An interrupted run leaves at once once its one line is out: the checkpoint is committed
+    and ``run.lock`` released by then, and a normal interpreter shutdown would spend another
+    10-40 s collecting TensorFlow's objects, which on a terminal looks like a hang.
+    """
+    try:
+        cli_lib.run(main, __name__)
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            cli_lib.exit_now(EXIT_INTERRUPTED)
+        raise
 
 
 if __name__ == "__main__":
