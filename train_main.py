@@ -168,6 +168,12 @@ def _one_line(error: BaseException) -> str:
 
 def _fail(msg: str, status: int = EXIT_BAD_INPUT) -> None:
     print(f"train_main: error: {msg}", file=sys.stderr, flush=True)
+    if status == EXIT_INTERRUPTED:
+        # Leave at once: the checkpoint is committed and run.lock released by now, while
+        # unwinding would free the interrupted run's model and input pipeline (whose threads
+        # are joined) and the interpreter's shutdown collect TensorFlow's objects: 10-40 s
+        # that on a terminal look like a hang.
+        cli_lib.exit_now(status)
     sys.exit(status)
 
 
@@ -220,18 +226,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (``train_main`` in setup.cfg): ``--help`` lists the flags;
-    a flag error is one line and exit 2.
-
-    An interrupted run leaves at once once its one line is out: the checkpoint is committed
-    and ``run.lock`` released by then, and a normal interpreter shutdown would spend another
-    10-40 s collecting TensorFlow's objects, which on a terminal looks like a hang.
-    """
-    try:
-        cli_lib.run(main, __name__)
-    except SystemExit as e:
-        if e.code == EXIT_INTERRUPTED:
-            cli_lib.exit_now(EXIT_INTERRUPTED)
-        raise
+    a flag error is one line and exit 2."""
+    cli_lib.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -77,10 +77,10 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_exit_130_and_are_gone_at_once(
     runs = {signal.SIGINT: Run(synthetic_build, str(tmp_path / "int"), sigint=signal.SIG_IGN),
             signal.SIGTERM: Run(synthetic_build, str(tmp_path / "term"), sigint=signal.SIG_DFL)}
     try:
-        for sig, run in runs.items():
+        for run in runs.values():
             run.wait_for_checkpoint(1)
+        for sig, run in runs.items():  # one at a time: the other one's exit is not timed here
             run.proc.send_signal(sig)
-        for sig, run in runs.items():
             gone = run.wait()
             err = run.text()
             assert run.proc.returncode == 130, (sig, err[-3000:])
