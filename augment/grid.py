@@ -160,13 +160,22 @@ def _define_flags() -> None:
 
 
 def _parse_flags(argv):
-    """absl's parser, but a bad flag is usage (exit 2, one line), not absl's exit 1."""
+    """absl's parser with the project's statuses (``tinyimagenet_tfrecords.cli.parse``, which
+    ``augment`` does not import): a bad flag is usage (exit 2, one line), not absl's exit 1;
+    ``--help`` exits 0, also into a closed pipe (``--help | head -1``)."""
     from absl import flags
     try:
-        return flags.FLAGS(argv)
+        try:
+            return flags.FLAGS(argv)
+        except SystemExit:  # only absl's help flags exit while parsing (absl's status is 1)
+            sys.stdout.flush()
+            sys.exit(0)
     except flags.Error as e:
         print(f"augment.grid: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # what is still buffered for the closed stdout goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 def cli() -> None:

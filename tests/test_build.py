@@ -15,6 +15,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -405,6 +406,17 @@ def test_crlf_missing_final_newline_and_stray_files_are_tolerated(tmp_path):
     assert_build_equals_source(str(out), src)
     assert manifest["num_stray_files"] == len(strays)
     assert sorted(s["file"] for s in manifest["skipped"]) == sorted(strays)
+
+
+def test_the_skipped_files_line_names_the_first_few_and_counts_the_rest():
+    files = [{"file": f, "reason": "stray"} for f in (".DS_Store", "train/.DS_Store",
+                                                      "val/Thumbs.db", "test/notes.txt")]
+    assert build.skipped_text([]) == "0 files skipped"
+    assert build.skipped_text(files[:1]).startswith("1 file skipped (.DS_Store; ")
+    text = build.skipped_text(files)
+    assert text.startswith("4 files skipped (.DS_Store, train/.DS_Store, val/Thumbs.db and "
+                           "1 more; "), text
+    assert "test/notes.txt" not in text and "manifest.json" in text
 
 
 # --- Refused inputs: the message names the file (and line); nothing finished is left ----------
@@ -807,6 +819,29 @@ def test_verify_catches_a_corrupt_record_even_with_a_matching_sha256(tiny_build)
         verify.verify_build(str(tiny_build), decode=False)
 
 
+def test_verify_names_every_bad_shard_with_what_is_wrong(tiny_build, capsys):
+    train = tiny_build / "train-00001-of-00002.tfrecord"
+    data = bytearray(train.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a record's CRC no longer matches
+    train.write_bytes(bytes(data))
+    val = tiny_build / "val-00000-of-00001.tfrecord"
+    val.write_bytes(val.read_bytes()[:-7])  # cut short
+    with pytest.raises(verify.VerifyError) as caught:
+        verify.verify_build(str(tiny_build), decode=False)
+    problems = dict(caught.value.problems)
+    assert sorted(problems) == [str(train), str(val)]
+    assert "sha256 differs" in problems[str(train)]
+    assert re.search(r"unreadable after record \d+: .*corrupted record at \d+",
+                     problems[str(train)]), problems[str(train)]
+    assert "sha256 differs" in problems[str(val)] and "bytes, " in problems[str(val)]
+    # The command: a line per bad shard, then one line that names both.
+    assert verify.run(str(tiny_build), decode=False) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"verify: {train}: ") and lines[1].startswith(f"verify: {val}: ")
+    assert lines[-1].startswith("verify: error: ") and len(lines) == 3
+    assert str(train) in lines[-1] and val.name in lines[-1]
+
+
 def test_verify_catches_counts_that_differ_from_the_shards(tiny_build):
     w0 = synthetic.synthetic_wnid(0)
     _edit_manifest(tiny_build, lambda m: m["splits"]["train"]["per_class"].update({w0: 5}))
@@ -839,7 +874,9 @@ def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, c
     cmd = [sys.executable, "-m", "tinyimagenet_tfrecords.verify", str(tiny_build)]
     bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "val-00000-of-00001.tfrecord: sha256 differs" in bad.stderr.strip().splitlines()[-1]
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # no TensorFlow start-up lines around the one line
+    assert "val-00000-of-00001.tfrecord: sha256 differs" in lines[0]
 
 
 # --- Options and the synthetic generator -------------------------------------------------------

@@ -41,6 +41,13 @@ def test_progress_in_a_log_has_no_control_characters_and_few_lines():
     assert 2 <= len(lines) - 2 <= 4, lines   # one line per 30 s of a 99 s epoch
 
 
+def test_the_compiling_line_says_how_long_and_what_compiles_faster():
+    stream = io.StringIO()
+    console.Progress(10, batch_size=1, compiling=True, stream=stream)
+    line = stream.getvalue().splitlines()[0]
+    assert "1-2.5 min on 2 CPU cores" in line and "--noxla" in line and "aug=none" in line
+
+
 def test_rate_and_eta_leave_the_compiling_call_out():
     clock = FakeClock()
     bar = console.Progress(11, batch_size=32, compiling=True, enabled=False, clock=clock)

@@ -12,7 +12,6 @@ an in-process ``training.run`` smoke test.
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -44,11 +43,6 @@ RESUME_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16",
                "--phase=epochs=2,aug=none,min_lr=1e-3,max_lr=4e-3,step_epochs=1",
                "--phase=epochs=1,aug=student_net2,min_lr=1e-4,max_lr=1e-3,step_epochs=0.5",
                "--misclassified=0"]
-# Runs long enough to be interrupted mid-way (30 short epochs).
-# Long enough never to finish before the test signals it (each epoch takes a fraction of a second).
-LONG_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
-             "--batch_size=32", "--steps_per_epoch=2", "--epochs=1000", "--noxla",
-             "--progress=false", "--misclassified=0"]
 NOISE = ("WARNING: All log", "I0000", "E0000", "W0000")
 
 
@@ -306,28 +300,6 @@ def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tm
     for key in ("lr", "loss", "acc", "val_loss", "val_acc", "val_top5"):
         np.testing.assert_allclose([float(r[key]) for r in b], [float(r[key]) for r in a],
                                    rtol=1e-5, atol=1e-7, err_msg=key)
-
-
-@pytest.mark.slow
-def test_ctrl_c_and_sigterm_stop_with_one_line_and_exit_130(synthetic_build, tmp_path):
-    procs = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        out = str(tmp_path / sig.name)
-        procs[sig] = (out, train_main(f"--data={synthetic_build}", f"--out={out}", *LONG_ARGS,
-                                      wait=False))
-    for sig, (out, p) in procs.items():
-        wait_for_checkpoint(out, 1, p)
-        p.send_signal(sig)
-    for sig, (out, p) in procs.items():
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 130, (sig, err[-3000:])
-        assert "Traceback" not in err, err[-3000:]
-        last = stderr_lines(err)[-1]
-        m = re.fullmatch(r"train_main: error: interrupted after epoch (\d+); run the same "
-                         r"command to resume", last)
-        assert m, last
-        assert int(m.group(1)) == committed_checkpoint(out) >= 1
-        assert not os.path.exists(os.path.join(out, "run.lock"))
 
 
 @pytest.mark.slow

@@ -461,9 +461,20 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
     stats["total_s"] = time.perf_counter() - start
     if progress:
         counts = ", ".join(f"{s} {manifest['splits'][s]['num_examples']}" for s in splits)
-        print(f"{out_dir}: {counts} examples ({storage}); {len(manifest['skipped'])} files "
-              f"skipped, {len(manifest['converted'])} converted", file=sys.stderr)
+        print(f"{out_dir}: {counts} examples ({storage}); {skipped_text(manifest['skipped'])}, "
+              f"{len(manifest['converted'])} converted", file=sys.stderr)
     return manifest
+
+
+def skipped_text(skipped: list[dict], named: int = 3) -> str:
+    """"N files skipped" naming the first few, so a user sees at once whether they are stray
+    ``.DS_Store`` files or images that matter (all are in the manifest's ``skipped``)."""
+    if not skipped:
+        return "0 files skipped"
+    names = ", ".join(s["file"] for s in skipped[:named])
+    more = f" and {len(skipped) - named} more" if len(skipped) > named else ""
+    noun = "file" if len(skipped) == 1 else "files"
+    return f"{len(skipped)} {noun} skipped ({names}{more}; see manifest.json \"skipped\")"
 
 
 def _check_build_args(src, shards, splits, storage, seed, skip_corrupt, sha256):

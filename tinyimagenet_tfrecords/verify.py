@@ -29,7 +29,15 @@ from tinyimagenet_tfrecords.manifest import BuildError
 
 
 class VerifyError(BuildError):
-    """The build does not match its manifest; the message names the file (and record)."""
+    """The build does not match its manifest; the message names the file (and record).
+
+    ``problems`` lists every bad shard as ``(path, what is wrong)`` (empty for a fault of the
+    manifest itself).
+    """
+
+    def __init__(self, message: str, problems=()):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def _check_classes(build_dir: str, manifest: dict) -> list[str]:
@@ -72,6 +80,8 @@ def _records(path: str, decode: bool, storage: str):
 def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     """Checks ``build_dir`` against its manifest; returns ``{split: num_examples}``.
 
+    Every shard is checked even after a bad one, so one run names all that need rebuilding.
+
     Args:
       build_dir: a finished build folder or ``tf.io.gfile`` URL.
       decode: also decode every image (the slow part; framing, features and counts are
@@ -79,61 +89,105 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
 
     Raises:
       manifest.BuildError: not a finished build of this schema.
-      VerifyError: naming the shard (and record index) of the first mismatch.
+      VerifyError: naming the file (and record) at fault; for bad shards ``problems`` lists
+        every one with what is wrong with it.
     """
     manifest = manifest_lib.load_manifest(build_dir)
     wnids = _check_classes(build_dir, manifest)
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel  # after the cheap checks
-
-    storage = manifest["storage"]
-    allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
     where = manifest_lib.manifest_path(build_dir)
     listed = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
     present = {n for n in manifest_lib.listdir(build_dir) if n.endswith(".tfrecord")}
     if present - listed:
         raise VerifyError(f"{build_dir}: shards not in the manifest: {sorted(present - listed)}")
-    summary = {}
+    storage = manifest["storage"]
+    check = _ShardCheck(where, wnids, storage, decode)
+    summary, problems = {}, []
     for split, info in manifest["splits"].items():
-        per_class: collections.Counter = collections.Counter()
         names: set = set()
-        total = 0
-        for shard in info["shards"]:
-            path = manifest_lib.join(build_dir, shard["file"])
-            if not manifest_lib.exists(path):
-                raise VerifyError(f"{path}: missing shard (listed in {where})")
-            if _sha256(path) != shard["sha256"]:
-                raise VerifyError(f"{path}: sha256 differs from {where}")
-            if "bytes" in shard and manifest_lib.getsize(path) != shard["bytes"]:
-                raise VerifyError(f"{path}: {manifest_lib.getsize(path)} bytes, {where} says "
-                                  f"{shard['bytes']}")
-            count = 0
+        per_class: collections.Counter = collections.Counter()
+        found = [check(manifest_lib.join(build_dir, shard["file"]), shard, split, names,
+                       per_class) for shard in info["shards"]]
+        bad = [(path, reason) for path, reason, _ in found if reason]
+        problems += bad
+        summary[split] = sum(count for _, _, count in found)
+        if not bad:  # split totals only mean something when every shard read
             try:
-                for batch in _records(path, decode, storage):
-                    _check_batch(batch, path, count, split, wnids, allowed_formats, decode)
-                    for i, name in enumerate(batch[features.FILENAME]):
-                        if name in names:
-                            raise VerifyError(f"{path}: record {count + i}: file name "
-                                              f"{name.decode()} repeated in split {split}")
-                        names.add(name)
-                    per_class.update(w.decode() for w in batch[features.WNID] if w)
-                    count += len(batch[features.LABEL])
-            except tf.errors.OpError as e:
-                raise VerifyError(f"{path}: unreadable after record {count}: "
-                                  f"{e.message.splitlines()[0]}") from e
-            if count != shard["num_examples"]:
-                raise VerifyError(f"{path}: {count} records, {where} says "
-                                  f"{shard['num_examples']}")
-            total += count
-        if total != info["num_examples"]:
-            raise VerifyError(f"{where}: split {split} has {total} examples in its shards but "
-                              f"num_examples {info['num_examples']}")
-        if dict(per_class) != info["per_class"]:
-            diff = sorted(w for w in set(per_class) | set(info["per_class"])
-                          if per_class.get(w, 0) != info["per_class"].get(w, 0))
-            raise VerifyError(f"{where}: split {split} per_class counts differ from the shards "
-                              f"for {diff[:5]}")
-        summary[split] = total
+                _check_split(where, split, info, summary[split], per_class)
+            except VerifyError as e:
+                if not problems:
+                    raise
+                problems.append((where, str(e).removeprefix(f"{where}: ")))
+    if problems:
+        raise VerifyError(_problems_line(problems), problems=problems)
     return summary
+
+
+class _ShardCheck:
+    """Checks one shard at a time: ``(path, what is wrong or "", records read)``."""
+
+    def __init__(self, where: str, wnids: list, storage: str, decode: bool):
+        self.where, self.wnids, self.storage, self.decode = where, wnids, storage, decode
+        self.allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
+
+    def __call__(self, path, shard, split, names, per_class) -> tuple[str, str, int]:
+        if not manifest_lib.exists(path):
+            return path, f"missing shard (listed in {self.where})", 0
+        wrong, count = [], 0
+        if _sha256(path) != shard["sha256"]:
+            wrong.append(f"sha256 differs from {self.where}")
+        size = manifest_lib.getsize(path)
+        if "bytes" in shard and size != shard["bytes"]:
+            wrong.append(f"{size} bytes, {self.where} says {shard['bytes']}")
+        try:
+            count = self._read(path, split, names, per_class)
+            if count != shard["num_examples"]:
+                wrong.append(f"{count} records, {self.where} says {shard['num_examples']}")
+        except VerifyError as e:
+            wrong.append(str(e).removeprefix(f"{path}: "))
+        return path, "; ".join(wrong), count
+
+    def _read(self, path, split, names, per_class) -> int:
+        """Reads every record of ``path``; returns their count (VerifyError at the first bad
+        one)."""
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        count = 0
+        try:
+            for batch in _records(path, self.decode, self.storage):
+                _check_batch(batch, path, count, split, self.wnids, self.allowed_formats,
+                             self.decode)
+                for i, name in enumerate(batch[features.FILENAME]):
+                    if name in names:
+                        raise VerifyError(f"{path}: record {count + i}: file name "
+                                          f"{name.decode()} repeated in split {split}")
+                    names.add(name)
+                per_class.update(w.decode() for w in batch[features.WNID] if w)
+                count += len(batch[features.LABEL])
+        except tf.errors.OpError as e:
+            raise VerifyError(f"{path}: unreadable after record {count}: "
+                              f"{e.message.splitlines()[0]}") from e
+        return count
+
+
+def _check_split(where: str, split: str, info: dict, total: int, per_class) -> None:
+    if total != info["num_examples"]:
+        raise VerifyError(f"{where}: split {split} has {total} examples in its shards but "
+                          f"num_examples {info['num_examples']}")
+    if dict(per_class) != info["per_class"]:
+        diff = sorted(w for w in set(per_class) | set(info["per_class"])
+                      if per_class.get(w, 0) != info["per_class"].get(w, 0))
+        raise VerifyError(f"{where}: split {split} per_class counts differ from the shards "
+                          f"for {diff[:5]}")
+
+
+def _problems_line(problems: list[tuple[str, str]], named: int = 5) -> str:
+    """One line for every bad shard: the first in full, the others by file name."""
+    path, reason = problems[0]
+    rest = [p.rsplit("/", 1)[-1] for p, _ in problems[1:]]
+    if not rest:
+        return f"{path}: {reason}"
+    more = f", and {len(rest) - named} more" if len(rest) > named else ""
+    return (f"{path}: {reason} (and {len(rest)} more bad shard{'s' if len(rest) > 1 else ''}: "
+            f"{', '.join(rest[:named])}{more})")
 
 
 def _sha256(path: str) -> str:
@@ -205,7 +259,8 @@ def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> 
 
 
 def run(build_dir: str, decode: bool = True) -> int:
-    """CLI body: verifies, prints one line (stdout when OK, stderr on error), returns status.
+    """CLI body: verifies, prints one line (stdout when OK, stderr on error; above it a line
+    per bad shard when there are several), returns the status.
 
     Exit status 2 when ``build_dir`` is not a finished build (bad input), 1 when the build
     fails a check, 0 when it passes.
@@ -213,6 +268,9 @@ def run(build_dir: str, decode: bool = True) -> int:
     try:
         summary = verify_build(build_dir, decode=decode)
     except VerifyError as e:
+        if len(e.problems) > 1:  # each bad shard in full, then the one line that ends it
+            for path, reason in e.problems:
+                print(f"verify: {path}: {reason}", file=sys.stderr)
         print(f"verify: error: {e}", file=sys.stderr)
         return cli_lib.EXIT_FAILURE
     except BuildError as e:
@@ -231,6 +289,7 @@ def main(argv) -> int:
         print("verify: error: usage: python -m tinyimagenet_tfrecords.verify BUILD_DIR "
               "[--nodecode]", file=sys.stderr)
         return cli_lib.EXIT_BAD_INPUT
+    cli_lib.import_tensorflow_quietly()
     return run(argv[1], decode=flags.FLAGS.decode)
 
 

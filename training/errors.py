@@ -8,6 +8,12 @@ command" from "the run broke while it was running" from "stopped; resume it".
 
 from __future__ import annotations
 
+import re
+
+# How a failure's message ends when it leaves the checkpoint question open (the fit loop and
+# the shard check cannot see the run folder); :func:`with_checkpoint_note` settles it.
+_KEPT = re.compile(r"the last checkpoint (\(if any\) )?is kept$")
+
 
 class RunError(Exception):
     """Bad input: the data, the output folder or a setting; nothing was trained (exit 2)."""
@@ -29,3 +35,19 @@ class Interrupted(Exception):
 
     The message says after which epoch and that the same command resumes.
     """
+
+
+def checkpoint_note(epoch: int) -> str:
+    """What a stopped run leaves to resume from: the last checkpoint's epoch, or that there
+    is none (a user must not look for a checkpoint that was never written)."""
+    return f"the last checkpoint (epoch {epoch}) is kept" if epoch else \
+        "no checkpoint was written yet"
+
+
+def with_checkpoint_note(failure: RunFailure, epoch: int) -> RunFailure:
+    """``failure`` with its "the last checkpoint (if any) is kept" made exact for a run whose
+    newest checkpoint is of ``epoch`` (0: none)."""
+    text = str(failure)
+    if not _KEPT.search(text):
+        return failure
+    return type(failure)(_KEPT.sub(checkpoint_note(epoch), text))

@@ -21,7 +21,7 @@ from training import cluster as cluster_lib
 from training import config as config_lib
 from training import run_folder
 from training import shards
-from training.errors import Interrupted, RunError, RunFailure
+from training.errors import Interrupted, RunError, RunFailure, with_checkpoint_note
 
 
 def prepare(cfg: config_lib.RunConfig) -> dict:
@@ -51,7 +51,8 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
 
     Raises:
       config.ConfigError, manifest.BuildError, RunError: bad input, nothing written.
-      RunFailure: the run broke while running (the last checkpoint is kept).
+      RunFailure: the run broke while running (the last checkpoint is kept; the message says
+        which, or that none was written yet).
       Interrupted: KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by ``train_main``).
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -71,7 +72,10 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
             where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
             raise Interrupted(f"interrupted {where}; run the same command to resume") from None
         except tf.errors.DataLossError as e:
-            raise shards.data_loss_failure(cfg.data, manifest, e) from None
+            raise with_checkpoint_note(shards.data_loss_failure(cfg.data, manifest, e),
+                                       run_folder.last_checkpoint_epoch(cfg.out)) from None
+        except RunFailure as e:  # Diverged, a peer worker's failure
+            raise with_checkpoint_note(e, run_folder.last_checkpoint_epoch(cfg.out)) from None
         except tf.errors.ResourceExhaustedError as e:
             if "space" not in str(e).lower():
                 raise
