@@ -145,7 +145,8 @@ _TF_CONTEXT = re.compile(r"Graph execution error|Detected at node|<stack traces|
 def decode_error_reason(error: Exception) -> str:
     """TensorFlow's decode error as one short line (no op names, no graph context)."""
     text = getattr(error, "message", None) or str(error)
-    lines = [ln for ln in text.splitlines() if not _TF_CONTEXT.search(ln)] or [text]
+    lines = [ln for ln in text.splitlines()  # stack-trace and node lines are indented
+             if not _TF_CONTEXT.search(ln) and not ln[:1].isspace()] or [text]
     line = re.sub(r"\{\{[^}]*\}\}", "", lines[0])
     line = re.split(r"\s\[\[|\s\[Op:", line)[0].strip()
     if "Unknown image file format" in line:
@@ -345,6 +346,9 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from tinyimagenet_tfrecords import cli as _cli
     from training import console as _console
+    # libjpeg's "Premature end of JPEG data" is a C++ ERROR log line; the file's own line
+    # says it, so the C++ log is silenced entirely (its errors surface as exceptions).
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     _console.quiet_tensorflow()
     _define_flags()
     _cli.run(main, __name__)
