@@ -259,3 +259,103 @@ def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, 
     assert ok.returncode == 0, ok.stderr
     assert (out / "saved_model.pb").exists() and not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporaries left
+
+
+# --- every path to a prediction agrees (the real sample) ---------------------------------------
+
+def _peaked_tiny_model(num_classes: int):
+    """A random-init tiny Network 2 whose classifier is scaled up, so that its top-1 is never
+    a near tie that float rounding could flip."""
+    import models
+    model = models.build("net2", num_classes=num_classes, image_size=32, width=1 / 16)
+    head = [layer for layer in model.layers if getattr(layer, "kernel", None) is not None][-1]
+    head.kernel.assign(head.kernel * 30.0)  # the 1x1 conv to the classes
+    return model
+
+
+def _predict_rows(model_path: str, paths) -> dict:
+    from training import predict
+    lines = []
+    result = predict.predict_files(model_path, paths, write=lines.append, fmt="jsonl",
+                                   batch_size=100, progress=False)
+    assert result["failed"] == []
+    return {os.path.basename(r["file"]): r for r in map(json.loads, lines)}
+
+
+@pytest.mark.slow  # exports a SavedModel, runs it in a TensorFlow-only process
+def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
+        sample_dir, sample_build, tmp_path):
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    from training import evaluate, export
+    manifest = manifest_lib.load_manifest(sample_build)
+    wnids, names = classes_lib.classes_from_manifest(manifest)
+    keras_path = str(tmp_path / "best.keras")
+    _peaked_tiny_model(len(wnids)).save(keras_path)
+    classes_lib.embed(keras_path, classes_lib.info(wnids, names, 32))
+    export_dir = export.export_model(keras_path, str(tmp_path / "export"))["out"]
+    val = os.path.join(sample_dir, "val", "images")
+    files = sorted(os.path.join(val, f) for f in os.listdir(val))
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    served = call_tensorflow_only(export_dir, tmp_path, files=files, pixels=pixels)
+    by_bytes = np.asarray(served["bytes"]["probabilities"], np.float32)
+    by_pixels = np.asarray(served["pixels"]["probabilities"], np.float32)
+    ev_names, ev_probs = evaluate.predict_probabilities(
+        evaluate.load_model(keras_path), sample_build, manifest, split="val", image_size=32)
+    order = {os.path.basename(f): i for i, f in enumerate(files)}
+    by_eval = np.zeros_like(by_bytes)
+    by_eval[[order[n] for n in ev_names]] = ev_probs
+    assert sorted(ev_names) == sorted(order)
+    top1 = np.argmax(by_eval, axis=1)
+    assert len(set(top1.tolist())) > 1  # not a constant model
+    for other in (by_bytes, by_pixels):
+        np.testing.assert_array_equal(np.argmax(other, axis=1), top1)
+        np.testing.assert_allclose(other, by_eval, rtol=0, atol=1e-5)
+    for model_path in (export_dir, keras_path):
+        rows = _predict_rows(model_path, [val])
+        assert sorted(rows) == sorted(order)
+        for name, row in rows.items():
+            i = order[name]
+            assert row["wnids"][0] == wnids[top1[i]], (model_path, name)
+            np.testing.assert_allclose(row["probabilities"],
+                                       np.sort(by_eval[i])[::-1][:5], rtol=0, atol=1e-5)
+
+
+# --- the export at the end of training ---------------------------------------------------------
+
+@pytest.mark.slow  # trains the demo for one short epoch in a subprocess
+def test_training_the_demo_leaves_an_export_tensorflow_alone_serves(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_main.py"),
+         f"--flagfile={os.path.join(ROOT, 'flags', 'demo.flags')}", f"--data={data}",
+         f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((data / "manifest.json").read_text())
+    wnids, names = classes_lib.classes_from_manifest(manifest)
+    assert classes_lib.embedded(str(out / "best.keras"))["wnids"] == wnids
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(encode(random_image(120, 90), "JPEG"))
+    served = call_tensorflow_only(str(out / "export"), tmp_path, files=[image])
+    assert served["project_modules"] == []
+    (idx,), (got_names,) = served["bytes"]["top5_indices"], served["bytes"]["top5_names"]
+    assert got_names == [names[i] for i in idx] and len(got_names) == 5
+
+
+def test_runner_embeds_the_class_list_and_skips_the_export_when_turned_off(tiny_keras,
+                                                                          tmp_path):
+    from training import config as config_lib
+    from training import runner
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(tiny_keras, out / "best.keras")
+    manifest = {"classes": [{"label": i, "wnid": w, "name": f"name {w}"}
+                            for i, w in enumerate(WNIDS[::-1])]}
+    cfg = config_lib.RunConfig(data="d", out=str(out), export=False, val_image_size=48)
+    summary = {}
+    runner.finish_best_model(cfg, manifest, summary)
+    record = classes_lib.embedded(str(out / "best.keras"))
+    assert (record["wnids"], record["names"][0], record["image_size"]) == (
+        WNIDS[::-1], f"name {WNIDS[-1]}", 48)
+    assert summary == {} and sorted(p.name for p in out.iterdir()) == ["best.keras"]
+    assert "export" in config_lib.runtime_only_keys()
