@@ -62,7 +62,8 @@ def test_decode_errors_become_one_short_line():
     import tensorflow as tf
     graph_error = tf.errors.InvalidArgumentError(None, None, (
         "Graph execution error:\n\nDetected at node map/while/DecodeImage defined at (most "
-        "recent call last):\n<stack traces unavailable>\njpeg::Uncompress failed. Invalid JPEG "
+        "recent call last):\n  File \"<frozen runpy>\", line 198, in _run_module_as_main\n\n"
+        "<stack traces unavailable>\njpeg::Uncompress failed. Invalid JPEG "
         "data or crop window.\n\t [[{{node map/while/DecodeImage}}]] [Op:__inference_sig_1]"))
     assert predict.decode_error_reason(graph_error) == (
         "cannot decode: jpeg::Uncompress failed. Invalid JPEG data or crop window.")
