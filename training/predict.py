@@ -318,7 +318,8 @@ def main(argv):
     except RunError as e:
         return fail(str(e).splitlines()[0], cli_lib.EXIT_BAD_INPUT)
     except OSError as e:
-        return fail(f"{e.filename or fv.output}: {e.strerror or e}", cli_lib.EXIT_FAILURE)
+        return fail(f"{e.filename or fv.output or 'stdout'}: {e.strerror or e}",
+                    cli_lib.EXIT_FAILURE)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
     print(_summary_line(result), file=sys.stderr)

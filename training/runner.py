@@ -6,7 +6,8 @@ fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training
 a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
 output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
 which epoch the run stopped. A run that stops before its first checkpoint on a fresh
-``--out`` leaves nothing behind.
+``--out`` leaves nothing behind. A finished run gets its class list inside ``best.keras`` and,
+unless ``--noexport``, a SavedModel of it in ``<out>/export`` (``training.export``).
 """
 
 from __future__ import annotations
