@@ -140,26 +140,34 @@ def load_keras_with_classes(model_path: str):
 
 
 def write_saved_model(model, record: dict, image_size: int, out: str) -> None:
-    """Writes the SavedModel into ``out`` (replaced whole: written beside it, then moved)."""
+    """Writes the SavedModel into ``out``, replacing an earlier one whole.
+
+    Local: written beside ``out``, then moved over it, so a reader never sees half an export.
+    URL (``gs://``, ``ram://``): object stores cannot rename a folder, so the old export is
+    removed and the new one written in place.
+    """
     import keras  # pylint: disable=import-outside-toplevel
     archive = keras.export.ExportArchive()
     archive.track(model)
     for name, fn in serving_functions(model, record, image_size).items():
         archive.add_endpoint(name, fn)
-    parent, base = os.path.split(fileio.abspath(out).rstrip("/"))
+    if fileio.is_url(out):
+        fileio.rmtree(out)
+        archive.write_out(out, verbose=False)
+        return
+    parent, base = os.path.split(os.path.abspath(out).rstrip("/"))
     tmp, old = os.path.join(parent, f".tmp-{base}"), os.path.join(parent, f".old-{base}")
-    fileio.rmtree(tmp)
-    fileio.makedirs(parent)
+    for path in (tmp, old):
+        fileio.rmtree(path)
+    os.makedirs(parent, exist_ok=True)
     try:
         archive.write_out(tmp, verbose=False)
-        fileio.rmtree(old)
-        if fileio.exists(out):
-            fileio.replace(out, old)
-        fileio.replace(tmp, out)
-        fileio.rmtree(old)
-    except BaseException:
-        fileio.rmtree(tmp)
-        raise
+        if os.path.exists(out):
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        for path in (tmp, old):
+            fileio.rmtree(path)
 
 
 def export_model(model_path: str, out: str, *, image_size: int | None = None) -> dict:
