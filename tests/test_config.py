@@ -54,7 +54,7 @@ def test_dead_and_test_hook_settings_are_gone():
 def test_runtime_only_settings_are_left_out_of_the_fingerprint():
     keys = config_lib.runtime_only_keys()
     assert set(keys) == {"steps_per_call", "eval_batch_size", "checkpoint_every",
-                         "keep_checkpoints", "progress", "cluster_timeout"}
+                         "keep_checkpoints", "progress", "cluster_timeout", "export"}
     fp = _cfg(progress=False, keep_checkpoints=9).fingerprint()
     assert not set(keys) & set(fp)
     assert fp == _cfg().fingerprint()

@@ -260,6 +260,8 @@ class RunConfig:
                                        "misclassified grid")
     worst_classes: int = _eval_setting("worst_classes", help="worst classes in the final report")
     progress: bool = setting(True, "show a progress bar (on stderr)", runtime_only=True)
+    export: bool = setting(True, "when training ends, export best.keras as a SavedModel into "
+                           "<out>/export (training.export)", runtime_only=True)
 
     @property
     def total_epochs(self) -> int:

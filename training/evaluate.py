@@ -13,27 +13,27 @@ writes ``report.json``, ``report.txt``, ``per_class.csv``, ``worst_classes.png``
 ``misclassified.png`` into ``--out``. The report's ``ce_loss`` is the mean cross-entropy
 alone; the history's ``loss``/``val_loss`` add the L2 penalty, as Keras reports them.
 
-A model carries its class list: the fit loop writes ``classes.json`` (the build's wnids) into
-the run folder beside ``best.keras``; a ``<model>.classes.json`` beside a copied model file
-works the same. A model whose classes differ from the build's is refused.
+A model carries its class list (``training.classes``): inside ``best.keras`` once training
+ends, else the run folder's ``classes.json`` beside it or a ``<model>.classes.json`` beside a
+copied model file. A model whose classes differ from the build's is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 
 import numpy as np
 
+from training import classes as classes_lib
 from training import config as config_lib
 from training import console
 from training import fileio
 from training import reports
 from training.errors import RunError, RunFailure
 
-CLASSES_NAME = "classes.json"
+CLASSES_NAME = classes_lib.SIDECAR
 
 
 def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int = 64,
@@ -148,21 +148,17 @@ def load_model(path: str):
 
 
 def classes_path(model_path: str) -> str | None:
-    """The class list that goes with a saved model: ``<model>.classes.json``, else the run
-    folder's ``classes.json`` beside it; None when there is neither."""
-    for path in (model_path + "." + CLASSES_NAME,
-                 os.path.join(os.path.dirname(fileio.abspath(model_path)), CLASSES_NAME)):
-        if fileio.isfile(path):
-            return path
-    return None
+    """The sidecar class list of a saved model (:func:`training.classes.sidecar_path`)."""
+    return classes_lib.sidecar_path(model_path)
 
 
 def check_classes(model_path: str, num_outputs: int, manifest: dict, build_dir: str) -> None:
-    """Refuses a model trained on other classes than the build's (``RunError``)."""
+    """Refuses a model trained on other classes than the build's (``RunError``); the class
+    list is the one inside the model, else a ``classes.json`` beside it."""
     wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
-    path = classes_path(model_path)
-    if path is not None:
-        model_wnids = json.loads(fileio.read_text(path)).get("wnids")
+    record, path = classes_lib.model_classes(model_path)
+    if record is not None:
+        model_wnids = record["wnids"]
         if model_wnids != wnids:
             only_model = sorted(set(model_wnids or ()) - set(wnids))
             detail = (f"e.g. {only_model[0]} is not in the build" if only_model
@@ -213,6 +209,18 @@ def predict_split(model, build_dir: str, manifest: dict, *, split: str, image_si
                   batch_size: int = 256, top_k: int = 5):
     """``(filenames, top-k label indices [N, k])`` of every image of ``split``, in shard order."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    names, probs = predict_probabilities(model, build_dir, manifest, split=split,
+                                         image_size=image_size, batch_size=batch_size)
+    if not len(names):
+        return names, np.zeros((0, top_k), np.int32)
+    return names, tf.math.top_k(probs, k=top_k).indices.numpy()
+
+
+def predict_probabilities(model, build_dir: str, manifest: dict, *, split: str,
+                          image_size: int, batch_size: int = 256):
+    """``(filenames, float32 probabilities [N, classes])`` of every image of ``split``, in
+    shard order: the evaluation's images (``pipeline.decode_batch``) through the model."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tinyimagenet_tfrecords import features  # pylint: disable=import-outside-toplevel
     from tinyimagenet_tfrecords import manifest as manifest_lib
     from tinyimagenet_tfrecords import pipeline
@@ -229,12 +237,12 @@ def predict_split(model, build_dir: str, manifest: dict, *, split: str, image_si
     ds = (tf.data.TFRecordDataset(files).batch(batch_size)
           .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .prefetch(tf.data.AUTOTUNE))
-    predict = tf.function(lambda x: tf.math.top_k(model(x, training=False), k=top_k).indices)
-    names, top = [], []
+    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
+    names, probs = [], []
     for images, filenames in ds:
-        top.append(predict(images).numpy())
+        probs.append(predict(images).numpy())
         names.extend(n.decode("utf-8") for n in filenames.numpy())
-    return names, (np.concatenate(top) if top else np.zeros((0, top_k), np.int32))
+    return names, (np.concatenate(probs) if probs else np.zeros((0, 0), np.float32))
 
 
 def predictions_csv(filenames, top: np.ndarray, wnids) -> str:

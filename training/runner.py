@@ -6,7 +6,8 @@ fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training
 a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
 output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
 which epoch the run stopped. A run that stops before its first checkpoint on a fresh
-``--out`` leaves nothing behind.
+``--out`` leaves nothing behind. A finished run gets its class list inside ``best.keras`` and,
+unless ``--noexport``, a SavedModel of it in ``<out>/export`` (``training.export``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from training import cluster as cluster_lib
 from training import config as config_lib
+from training import fileio
 from training import run_folder
 from training import shards
 from training.errors import Interrupted, RunError, RunFailure, with_checkpoint_note
@@ -61,12 +63,15 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
     manifest = prepare(cfg)
     wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
     # Several workers: only the chief checks, locks and writes --out (training.cluster).
-    folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) \
-        if cluster_lib.writes_run_folder(cluster_lib.from_environment()) \
+    writer = cluster_lib.writes_run_folder(cluster_lib.from_environment())
+    folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) if writer \
         else contextlib.nullcontext()
     with folder:
         try:
-            return loop.run(cfg, manifest, flags_text=flags_text)
+            summary = loop.run(cfg, manifest, flags_text=flags_text)
+            if writer:
+                finish_best_model(cfg, manifest, summary)
+            return summary
         except KeyboardInterrupt:
             epoch = run_folder.last_checkpoint_epoch(cfg.out)
             where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
@@ -89,6 +94,20 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise RunFailure(f"{e.filename or cfg.out}: {e.strerror}") from None
             raise
+
+
+def finish_best_model(cfg: config_lib.RunConfig, manifest: dict, summary: dict) -> None:
+    """Puts the class list inside ``best.keras`` and, unless ``cfg.export`` is off, exports
+    it as a SavedModel into ``<out>/export`` (``summary["export"]`` says where)."""
+    from training import classes, export  # pylint: disable=import-outside-toplevel
+    best = os.path.join(cfg.out, "best.keras")
+    if not fileio.isfile(best):
+        return
+    wnids, names = classes.classes_from_manifest(manifest)
+    classes.embed(best, classes.info(wnids, names, cfg.val_image_size))
+    if cfg.export:
+        summary["export"] = export.export_model(best, os.path.join(cfg.out, "export"),
+                                                image_size=None)["out"]
 
 
 def _path_in(out: str, message: str) -> str:
