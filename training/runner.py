@@ -42,12 +42,14 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     return manifest
 
 
-def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
+def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
     Args:
       cfg: the settings (validated here).
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
+      hooks: a :class:`training.hooks.Hooks` the loop calls at fixed points of each epoch
+        (tests and tools watch or stop the run through it).
 
     Raises:
       config.ConfigError, manifest.BuildError, RunError: bad input, nothing written.
@@ -65,7 +67,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         else contextlib.nullcontext()
     with folder:
         try:
-            return loop.run(cfg, manifest, flags_text=flags_text)
+            return loop.run(cfg, manifest, flags_text=flags_text, hooks=hooks)
         except KeyboardInterrupt:
             epoch = run_folder.last_checkpoint_epoch(cfg.out)
             where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
