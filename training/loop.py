@@ -10,6 +10,12 @@ best weights (of the run, and of the phase for ``init=best``); re-running the sa
 continues after the last checkpointed epoch, neither repeating nor skipping one. ``best.keras``
 is exported only after the checkpoint that records its weights.
 
+The loop reads top to bottom as stages: :func:`run` sets up (``_set_up``), then per epoch
+``_run_epoch``: the phase start, ``_train``, ``_validate``, ``_decide`` (the plain rules of
+:mod:`training.rules`), then ``_apply``, ``_save`` and ``_report``. A non-finite val loss or
+weight stops the run in ``_decide``, before anything of that epoch is saved. A
+:class:`training.hooks.Hooks` passed to :func:`run` sees each stage from outside.
+
 Output folder (``cfg.out``)::
 
     config.json          effective settings (a different run refuses to start here)
