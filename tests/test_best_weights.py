@@ -10,7 +10,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from conftest import SimulatedKill, kill_after_epoch, loop_spy  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

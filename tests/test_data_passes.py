@@ -2,7 +2,6 @@
 item 1): pass p covers every training example exactly once in an order seeded by (seed, p);
 reporting epochs cut the stream anywhere; a resumed run continues at the same example."""
 
-import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
