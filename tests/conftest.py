@@ -77,20 +77,37 @@ class SimulatedKill(BaseException):
     product swallows it, as nothing can catch a real SIGKILL."""
 
 
-def kill_after_epoch(monkeypatch, epoch: int) -> None:
-    """Makes the next in-process ``training.run`` stop dead once epoch ``epoch`` (1-based) is
-    fully recorded (checkpoint, best.keras, history, summaries), as a kill at that moment
-    would. Fires once: the run that resumes afterwards goes on normally."""
-    from training import loop
-    real, fired = loop._summaries, []
+def loop_spy(kill_after: int = 0):
+    """A :class:`training.hooks.Hooks` for ``training.run(cfg, hooks=...)`` that records the
+    loop's checkpoint and best.keras writes in order (``events``), the model's weights at the
+    start (``starts``) and end (``ends``) of every epoch, keyed by 1-based epoch. With
+    ``kill_after=N`` it stops the run dead once epoch N is fully recorded (checkpoint,
+    best.keras, history, summaries), as a kill at that moment would."""
+    from training.hooks import Hooks  # pylint: disable=import-outside-toplevel
 
-    def summaries(writer, row):
-        real(writer, row)
-        if row["epoch"] == epoch and not fired:
-            fired.append(True)
-            raise SimulatedKill(f"killed after epoch {epoch}")
+    class Spy(Hooks):
+        def __init__(self):
+            self.events, self.starts, self.ends = [], {}, {}
 
-    monkeypatch.setattr(loop, "_summaries", summaries)
+        def epoch_started(self, epoch, model):
+            self.starts[epoch] = [w.numpy().copy() for w in model.weights]
+
+        def checkpoint_saved(self, epoch):
+            self.events.append(("checkpoint", epoch))
+
+        def best_exported(self, path, epoch):
+            self.events.append(("best.keras", os.path.basename(path)))
+
+        def epoch_recorded(self, row, model):
+            self.ends[row["epoch"]] = [w.numpy().copy() for w in model.weights]
+            if row["epoch"] == kill_after:
+                raise SimulatedKill(f"killed after epoch {kill_after}")
+    return Spy()
+
+
+def kill_after_epoch(epoch: int):
+    """Hooks that stop the next ``training.run`` dead once epoch ``epoch`` is recorded."""
+    return loop_spy(kill_after=epoch)
 
 
 def committed_checkpoint(out: str) -> int:

@@ -2,7 +2,6 @@
 item 1): pass p covers every training example exactly once in an order seeded by (seed, p);
 reporting epochs cut the stream anywhere; a resumed run continues at the same example."""
 
-import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,9 +86,9 @@ def unique_label_build(tmp_path_factory):
 
 def _spy_on_streams(monkeypatch):
     """Records, per training stream the loop builds, its start and the labels it delivers."""
-    from training import loop
+    from tinyimagenet_tfrecords import pipeline
     streams = []
-    real = loop.pipeline.make_dataset
+    real = pipeline.make_dataset
 
     def spy(build_dir, split, **kwargs):
         ds = real(build_dir, split, **kwargs)
@@ -107,7 +106,7 @@ def _spy_on_streams(monkeypatch):
             out.set_shape(y.shape)
             return x, out
         return ds.map(record)
-    monkeypatch.setattr(loop.pipeline, "make_dataset", spy)
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
     return streams
 
 
@@ -148,9 +147,8 @@ def test_short_epochs_walk_through_whole_passes_and_resume_at_the_same_example(
     assert len(set(ref[80:])) == 16 and ref[:40] != ref[40:80]
     # Killed after epoch 2 (mid-pass, inside phase 1), then resumed.
     cut_streams = _spy_on_streams(monkeypatch)
-    kill_after_epoch(monkeypatch, 2)
     with pytest.raises(SimulatedKill):
-        training.run(_cfg(unique_label_build, tmp_path / "cut"))
+        training.run(_cfg(unique_label_build, tmp_path / "cut"), hooks=kill_after_epoch(2))
     assert len(cut_streams) == 1
     summary = training.run(_cfg(unique_label_build, tmp_path / "cut"))
     assert cut_streams[1][0] == 48  # the resumed stream starts where epoch 2 ended

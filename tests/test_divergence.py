@@ -55,3 +55,52 @@ def test_non_finite_loss_raises_diverged_and_keeps_the_last_good_state(synthetic
     best = keras.models.load_model(str(out / "best.keras"))
     probs = best(np.zeros([2, 16, 16, 3], np.uint8), training=False)
     assert np.all(np.isfinite(probs))
+
+
+def _non_finite_checkpoint_values(folder) -> list:
+    """The names of the non-finite floating values in the checkpoints under ``folder``,
+    except the plateau's initial best (+inf: nothing seen yet, as in Keras)."""
+    bad = []
+    for prefix in sorted({str(p)[:-len(".index")] for p in folder.glob("ckpt-*.index")}):
+        reader = tf.train.load_checkpoint(prefix)
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if name.startswith("plateau/best/") or not dtype.is_floating:
+                continue
+            if not np.all(np.isfinite(reader.get_tensor(name))):
+                bad.append(f"{prefix}:{name}")
+    return bad
+
+
+@pytest.mark.slow
+def test_divergence_in_an_epochs_last_update_saves_nothing_of_that_epoch(synthetic_build,
+                                                                         tmp_path):
+    import json
+
+    import training
+    from training import config as config_lib
+    out = tmp_path / "run"
+    # One step per epoch: epoch 2's only update blows the weights up, so no training loss
+    # of epoch 2 is ever non-finite; the validation after it is.
+    phases = (config_lib.Phase(epochs=1, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1),
+              config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
+    cfg = config_lib.RunConfig(
+        data=synthetic_build, out=str(out), model="net2", width=0.0625, phases=phases,
+        steps_per_epoch=1, val_image_size=16, eval_batch_size=100, xla=False,
+        lr_schedule="triangular2", progress=False, misclassified=0)
+    messages = []
+    for _ in range(2):  # the same command again: the same stop, never a resume into NaN
+        with pytest.raises(training.Diverged) as info:
+            training.run(cfg)
+        messages.append(str(info.value))
+        assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-1")
+        assert not list((out / "checkpoints").glob("ckpt-2*"))
+        assert _non_finite_checkpoint_values(out / "checkpoints") == []
+        assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1]
+        assert not (out / "summary.json").exists()
+        best = tf.keras.models.load_model(str(out / "best.keras"))
+        assert np.all(np.isfinite(best(np.zeros([2, 16, 16, 3], np.uint8), training=False)))
+    msg = messages[0]
+    assert messages[1] == msg and "\n" not in msg
+    assert "epoch 2 (phase 2), step 1 of 1" in msg and "holds epoch 1" in msg

@@ -79,7 +79,7 @@ _SYNC_BN = """
     strategy_lib.configure_logical_cpus(2)
     import json
     import keras, numpy as np, tensorflow as tf
-    from training import loop, steps as steps_lib
+    from training import batchnorm, steps as steps_lib
     strategy = strategy_lib.make_strategy("mirrored")
     results = {}
     for sync in (False, True):
@@ -90,7 +90,7 @@ _SYNC_BN = """
             x = keras.layers.GlobalAveragePooling2D()(x)
             model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
             if sync:
-                assert loop.set_bn_synchronized(model) == 1
+                assert batchnorm.set_bn_synchronized(model) == 1
             opt = keras.optimizers.SGD(0.0)
             opt.build(model.trainable_variables)
         if sync:  # the nested XLA function cannot hold MirroredStrategy's merge_call
@@ -113,7 +113,7 @@ _SYNC_BN = """
         it = iter(strategy.experimental_distribute_dataset(ds.repeat()))
         totals = step.run(it, tf.constant(1, tf.int32)).numpy()
         moving_mean = model.get_layer("bn").moving_mean.numpy().tolist()
-        results[str(sync)] = dict(mean=moving_mean, xla=loop.xla_compiled(step),
+        results[str(sync)] = dict(mean=moving_mean, xla=steps_lib.train_step_xla_compiled(step),
                                   finite=bool(np.all(np.isfinite(totals))))
     print(json.dumps(results))
 """
@@ -133,16 +133,15 @@ def test_sync_bn_averages_over_replicas_in_an_inline_step():
 
 def test_small_replica_batches_warn_and_name_sync_bn(capsys):
     from training import config as config_lib
-    from training import loop
+    from training import batchnorm, console
     cfg = config_lib.RunConfig(data="d", out="o", phases=(
         config_lib.Phase(epochs=1, image_size=64, batch_size=64, augment="none",
                          plateau=False),
         config_lib.Phase(epochs=1, image_size=64, batch_size=256, augment="none",
                          plateau=False)))
-    loop._warn_small_replica_batches(cfg, 8)
+    batchnorm.warn_small_replica_batches(cfg.phases, 8, cfg.sync_bn, console.log)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "phase 1" in lines[0] and "8 examples" in lines[0]
     assert "--sync_bn" in lines[0]
-    loop._warn_small_replica_batches(
-        config_lib.RunConfig(data="d", out="o", phases=cfg.phases, sync_bn=True), 8)
+    batchnorm.warn_small_replica_batches(cfg.phases, 8, True, console.log)
     assert capsys.readouterr().err == ""

@@ -10,6 +10,12 @@ best weights (of the run, and of the phase for ``init=best``); re-running the sa
 continues after the last checkpointed epoch, neither repeating nor skipping one. ``best.keras``
 is exported only after the checkpoint that records its weights.
 
+The loop reads top to bottom as stages: :func:`run` sets up (``_set_up``), then per epoch
+``_run_epoch``: the phase start, ``_train``, ``_validate``, ``_decide`` (the plain rules of
+:mod:`training.rules`), then ``_apply``, ``_save`` and ``_report``. A non-finite val loss or
+weight stops the run in ``_decide``, before anything of that epoch is saved. A
+:class:`training.hooks.Hooks` passed to :func:`run` sees each stage from outside.
+
 Output folder (``cfg.out``)::
 
     config.json          effective settings (a different run refuses to start here)
@@ -24,6 +30,7 @@ Output folder (``cfg.out``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +43,7 @@ import tensorflow as tf
 import augment
 import models
 from tinyimagenet_tfrecords import pipeline
+from training import batchnorm
 from training import cluster as cluster_lib
 from training import config as config_lib
 from training import console
@@ -44,15 +52,17 @@ from training import fileio
 from training import multiworker
 from training import optimizers as optimizers_lib
 from training import reports
+from training import rules
 from training import schedules
 from training import steps as steps_lib
 from training import strategy as strategy_lib
+from training import summaries
 from training.errors import Diverged, RunError
+from training.hooks import Hooks
 from training.run_folder import check_output_folder  # noqa: F401  (also used by tests)
+from training.state import TrainState, WeightCopy, all_finite, optimizer_slots
 
 CONFIG_NAME = "config.json"
-
-
 
 
 def steps_per_epoch(cfg: config_lib.RunConfig, phase: config_lib.Phase,
@@ -72,88 +82,16 @@ def make_schedule(cfg: config_lib.RunConfig, num_train: int):
     return cfg.learning_rate
 
 
-class TrainState(tf.Module):
-    """Loop state saved in every checkpoint next to the model and optimizer."""
-
-    def __init__(self):
-        super().__init__(name="train_state")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase")
-        self.best_val_acc = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-        self.history = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
-        # Training examples consumed so far (over all replicas): the data stream's position.
-        self.examples = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
-
-    def get_history(self) -> list[dict]:
-        return json.loads(self.history.numpy().decode("utf-8"))
-
-
-class WeightCopy(tf.Module):
-    """A copy of a model's weights (BatchNorm statistics included) kept in the checkpoint.
-
-    Holds the best weights of the run (exported as ``best.keras`` only after the checkpoint
-    that records them) and, for phases with ``init=best``, the best weights of the current
-    phase. ``val_acc`` is -1 until a first copy is taken.
-    """
-
-    def __init__(self, model: keras.Model, name: str):
-        super().__init__(name=name)
-        self.values = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False)
-                       for w in model.weights]
-        self.val_acc = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="val_acc")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-
-    def take(self, model: keras.Model, val_acc: float, epoch: int) -> None:
-        for v, w in zip(self.values, model.weights, strict=True):
-            v.assign(w.value)
-        self.val_acc.assign(val_acc)
-        self.epoch.assign(epoch)
-
-    def put(self, model: keras.Model) -> None:
-        for v, w in zip(self.values, model.weights, strict=True):
-            w.assign(v)
-
-    def forget(self) -> None:
-        self.val_acc.assign(-1.0)
-        self.epoch.assign(0)
-
-
-def batch_norm_layers(model: keras.Model) -> list:
-    """Every BatchNormalization layer of ``model``, nested models included."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found += batch_norm_layers(layer)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-    return found
-
-
-def set_bn_momentum(model: keras.Model, momentum: float) -> int:
-    """Sets every BatchNormalization layer's moving-average momentum; returns how many.
-
-    Keras' 0.99 needs several hundred steps before the moving statistics used at validation
-    describe the network; short CPU runs (tests, demos) use e.g. 0.9. Full recipes keep 0.99.
-    """
-    layers = batch_norm_layers(model)
-    for layer in layers:
-        layer.momentum = float(momentum)
-    return len(layers)
-
-
-def xla_compiled(step: steps_lib.TrainStep) -> bool:
-    """True when every traced variant of the step's inner function is marked for XLA."""
-    if step.compute is None:  # traced inline (synchronised BatchNorm on several replicas)
-        return False
-    concretes = step.compute._list_all_concrete_functions()  # noqa: SLF001 - tracing record
-    return bool(concretes) and all(
-        c.function_def.attr["_XlaMustCompile"].b if "_XlaMustCompile" in c.function_def.attr
-        else False for c in concretes)
-
-
-def _setup_precision(precision: str) -> None:
-    keras.mixed_precision.set_global_policy(
-        "float32" if precision == "float32" else precision)
+def build_model(cfg: config_lib.RunConfig, num_classes: int) -> keras.Model:
+    """The model ``cfg`` names, with its BatchNorm settings (``--bn_momentum``,
+    ``--sync_bn``) applied; call under the strategy's scope."""
+    model = models.build(cfg.model, num_classes=num_classes,
+                         image_size=_model_image_size(cfg), width=cfg.width)
+    if cfg.bn_momentum:
+        batchnorm.set_bn_momentum(model, cfg.bn_momentum)
+    if cfg.sync_bn:
+        batchnorm.set_bn_synchronized(model)
+    return model
 
 
 def _model_image_size(cfg: config_lib.RunConfig) -> int | None:
@@ -165,7 +103,37 @@ def _log(msg: str) -> None:
     console.log(msg)
 
 
-def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "") -> dict:
+@dataclasses.dataclass
+class _Run:
+    """Everything the epochs of one run share (built by :func:`_set_up`)."""
+
+    cfg: config_lib.RunConfig
+    num_train: int
+    strategy: tf.distribute.Strategy
+    chief: bool
+    hooks: Hooks
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    plateau: schedules.ReduceLROnPlateau
+    state: TrainState
+    best: WeightCopy
+    phase_best: WeightCopy | None
+    ckpt: tf.train.Checkpoint
+    manager: multiworker.CheckpointManager
+    eval_step: object
+    writer: object
+    history: list
+    exported: int = 0  # the epoch whose best weights best.keras holds (0: none written by us)
+    train_steps: dict = dataclasses.field(default_factory=dict)
+    stream: tuple | None = None  # (phase index, iterator over the training stream)
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.cfg.out, "best.keras")
+
+
+def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "",
+        hooks: Hooks | None = None) -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
     Called by ``training.run`` (``training/runner.py``), which has validated ``cfg``, loaded
@@ -179,169 +147,268 @@ def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "") -> d
       cfg: the validated settings.
       manifest: the build's manifest (``manifest.load_manifest(cfg.data)``).
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
+      hooks: called at fixed points of each epoch (:class:`training.hooks.Hooks`).
 
     Raises:
       RunError: bad output folder or a batch the replicas do not divide.
+      Diverged: a non-finite loss or weights; nothing of that epoch was saved.
     """
     cluster = cluster_lib.from_environment()
     with cluster_lib.peer_failures(cluster):
-        return _run(cfg, manifest, cluster, flags_text=flags_text)
+        r = _set_up(cfg, manifest, cluster, flags_text, hooks or Hooks())
+        for epoch in range(int(r.state.epoch.numpy()), cfg.total_epochs):
+            _run_epoch(r, epoch)
+        return _finish(r, manifest)
 
 
-def _run(cfg: config_lib.RunConfig, manifest: dict, cluster, *, flags_text: str) -> dict:
-    num_train = manifest["splits"]["train"]["num_examples"]
+# --- set up ------------------------------------------------------------------------------
+
+def _set_up(cfg, manifest, cluster, flags_text: str, hooks: Hooks) -> _Run:
+    """Seeds, strategy, output folder, model, optimizer, checkpoint (restored if any)."""
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    _setup_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(cfg.precision)
     strategy = strategy_lib.make_strategy(cluster_lib.strategy_name(cfg.strategy, cluster),
                                           cluster=cluster, timeout_s=cfg.cluster_timeout)
     chief = cluster_lib.is_chief(strategy)  # the only writer of cfg.out
-    for i, p in enumerate(cfg.phases, 1):
-        if p.batch_size % strategy.num_replicas_in_sync:
-            raise RunError(f"phase {i}: global batch {p.batch_size} is not divisible by "
-                           f"{strategy.num_replicas_in_sync} replicas")
-    # Only now, with every input checked, is the output folder touched.
-    fingerprint = cfg.fingerprint()
-    cluster_lib.check_same_settings(strategy, fingerprint)
-    if chief:
-        resuming = check_output_folder(cfg.out, fingerprint)
-        fileio.makedirs(cfg.out)
-        if not resuming:
-            reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
-        if flags_text:
-            reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
-
+    _check_batches(cfg, strategy.num_replicas_in_sync)
+    _prepare_folder(cfg, strategy, chief, flags_text)
+    num_train = manifest["splits"]["train"]["num_examples"]
     _log(f"strategy: {strategy_lib.describe(strategy)}; XLA {'on' if cfg.xla else 'off'}; "
          f"precision {cfg.precision}")
     with strategy.scope():
-        model = models.build(cfg.model, num_classes=manifest["num_classes"],
-                             image_size=_model_image_size(cfg), width=cfg.width)
-        if cfg.bn_momentum:
-            set_bn_momentum(model, cfg.bn_momentum)
-        if cfg.sync_bn:
-            set_bn_synchronized(model)
+        model = build_model(cfg, manifest["num_classes"])
         optimizer = optimizers_lib.make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
-    _warn_small_replica_batches(cfg, strategy.num_replicas_in_sync)
-    if cfg.sync_bn and cfg.xla and strategy.num_replicas_in_sync > 1:
+    hooks.model_built(model)
+    _warn_replicas(cfg, strategy.num_replicas_in_sync)
+    r = _Run(cfg=cfg, num_train=num_train, strategy=strategy, chief=chief, hooks=hooks,
+             model=model, optimizer=optimizer, plateau=plateau, **checkpoint_parts(
+                 cfg, model, optimizer, plateau, chief),
+             eval_step=steps_lib.make_eval_step(model, xla=cfg.xla),
+             writer=multiworker.summary_writer(os.path.join(cfg.out, "tensorboard"),
+                                               chief=chief), history=[])
+    _restore(r)
+    return r
+
+
+def _check_batches(cfg, replicas: int) -> None:
+    for i, p in enumerate(cfg.phases, 1):
+        if p.batch_size % replicas:
+            raise RunError(f"phase {i}: global batch {p.batch_size} is not divisible by "
+                           f"{replicas} replicas")
+
+
+def _prepare_folder(cfg, strategy, chief: bool, flags_text: str) -> None:
+    """Only now, with every input checked, is the output folder touched."""
+    fingerprint = cfg.fingerprint()
+    cluster_lib.check_same_settings(strategy, fingerprint)
+    if not chief:
+        return
+    resuming = check_output_folder(cfg.out, fingerprint)
+    fileio.makedirs(cfg.out)
+    if not resuming:
+        reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
+    if flags_text:
+        reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
+
+
+def _warn_replicas(cfg, replicas: int) -> None:
+    batchnorm.warn_small_replica_batches(cfg.phases, replicas, cfg.sync_bn, _log)
+    if cfg.sync_bn and cfg.xla and replicas > 1:
         _log("warning: --sync_bn with several replicas: the per-replica step runs without XLA "
              "(MirroredStrategy's all-reduce cannot sit inside the compiled function)")
-    # Loop bookkeeping is per process, not mirrored: MultiWorkerMirroredStrategy cannot
-    # broadcast the string history to the other workers (every worker computes the same one).
-    state = TrainState()
-    best = WeightCopy(model, "best")
+
+
+def checkpoint_parts(cfg, model, optimizer, plateau, chief: bool) -> dict:
+    """The loop state and the checkpoint manager that saves it with model and optimizer:
+    ``state``, ``best``, ``phase_best`` (None unless a phase has ``init=best``; it copies the
+    optimizer's slots too), ``ckpt`` and ``manager``.
+
+    Loop bookkeeping is per process, not mirrored: MultiWorkerMirroredStrategy cannot
+    broadcast the string history to the other workers (every worker computes the same one).
+    """
+    state, best = TrainState(), WeightCopy(model, "best")
     parts = dict(model=model, optimizer=optimizer, state=state, plateau=plateau, best=best)
     phase_best = None
     if any(p.init == "best" for p in cfg.phases):
-        phase_best = parts["phase_best"] = WeightCopy(model, "phase_best")
+        phase_best = parts["phase_best"] = WeightCopy(model, "phase_best", optimizer)
     ckpt = tf.train.Checkpoint(**parts)
     manager = multiworker.CheckpointManager(ckpt, os.path.join(cfg.out, "checkpoints"),
                                             chief=chief, max_to_keep=cfg.keep_checkpoints)
-    best_path = os.path.join(cfg.out, "best.keras")
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        _log(f"resumed from {manager.latest_checkpoint} after epoch {int(state.epoch.numpy())}")
-    exported = 0  # the epoch whose best weights best.keras holds (0: none written by us)
-    if chief and manager.latest_checkpoint and int(best.epoch.numpy()):
+    return dict(state=state, best=best, phase_best=phase_best, ckpt=ckpt, manager=manager)
+
+
+def _restore(r: _Run) -> None:
+    """Continues from the last checkpoint, if any; best.keras is re-exported from it."""
+    latest = r.manager.latest_checkpoint
+    if latest:
+        r.ckpt.restore(latest).assert_existing_objects_matched()
+        _log(f"resumed from {latest} after epoch {int(r.state.epoch.numpy())}")
+    if r.chief and latest and int(r.best.epoch.numpy()):
         # The checkpoint is the record: best.keras may lag it (killed before the export).
-        _export_best(model, best, best_path)
-        exported = int(best.epoch.numpy())
-    history = state.get_history()
-    if chief:
-        _write_history(cfg.out, history)
+        _export_best(r)
+    r.history = r.state.get_history()
+    if r.chief:
+        _write_history(r.cfg.out, r.history)
 
-    eval_step = steps_lib.make_eval_step(model, xla=cfg.xla)
-    train_steps: dict[tuple, steps_lib.TrainStep] = {}
-    writer = multiworker.summary_writer(os.path.join(cfg.out, "tensorboard"), chief=chief)
-    stream = None  # (phase index, iterator over the training stream)
 
-    for epoch in range(int(state.epoch.numpy()), cfg.total_epochs):
-        phase_idx, phase = cfg.phase_at(epoch)
-        if epoch == cfg.phase_start(phase_idx) and phase_best is not None:
-            if phase.init == "best" and int(phase_best.epoch.numpy()):
-                phase_best.put(model)
-                _log(f"phase {phase_idx + 1}: starting from the best weights of phase "
-                     f"{phase_idx} (epoch {int(phase_best.epoch.numpy())}, val top-1 "
-                     f"{float(phase_best.val_acc.numpy()):.4f})")
-            phase_best.forget()
-        step = train_steps.get(phase.signature)
-        compiling = step is None
-        if step is None:
-            recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
-            step = train_steps[phase.signature] = steps_lib.make_train_step(
-                model, optimizer, strategy, recipe=recipe, global_batch_size=phase.batch_size,
-                base_seed=cfg.seed, xla=cfg.xla, cross_replica_layers=cfg.sync_bn)
-        if stream is None or stream[0] != phase_idx:
-            # One stream per phase, continued across its epochs; a new phase (other batch or
-            # image size) picks the stream up at the same example.
-            stream = (phase_idx, _training_stream(cfg, strategy, phase,
-                                                  int(state.examples.numpy())))
-        n_steps = steps_per_epoch(cfg, phase, num_train)
-        row = _train_epoch(cfg, step, optimizer, stream[1], epoch=epoch, phase_idx=phase_idx,
-                           phase=phase, n_steps=n_steps, compiling=compiling)
-        state.examples.assign_add(n_steps * phase.batch_size)
-        val = multiworker.evaluate_split(strategy, model, cfg.data, eval_step=eval_step,
-                                         image_size=cfg.val_image_size,
-                                         batch_size=cfg.eval_batch_size)
-        row.update(val_loss=val["loss"] + steps_lib.regularization_loss(model),
-                   val_acc=val["top1"], val_top5=val["top5"])
-        row["seconds"] = time.perf_counter() - row.pop("_t0")
-        if phase.plateau:
-            if epoch == cfg.phase_start(phase_idx):
-                # Each original phase was its own fit() call with a fresh callback.
-                plateau.reset()
-            lr = _current_lr(optimizer)
-            new_lr = plateau.update(row["val_loss"], lr)
-            if new_lr != lr:
-                optimizer.learning_rate = new_lr
-                _log(f"ReduceLROnPlateau: learning rate {lr:.3g} -> {new_lr:.3g}")
-        history.append(row)
-        _log(_epoch_line(row, cfg.total_epochs))
-        usable = math.isfinite(row["val_loss"])
-        new_best = usable and row["val_acc"] > float(best.val_acc.numpy())
-        if new_best:
-            best.take(model, row["val_acc"], epoch + 1)
-            state.best_val_acc.assign(row["val_acc"])
-        if phase_best is not None and usable and \
-                row["val_acc"] > float(phase_best.val_acc.numpy()):
-            phase_best.take(model, row["val_acc"], epoch + 1)
-        state.epoch.assign(epoch + 1)
-        state.phase.assign(phase_idx)
-        state.history.assign(json.dumps(history))
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.total_epochs:
-            manager.save(checkpoint_number=epoch + 1)
-            # best.keras follows the checkpoint that records it, never precedes it.
-            if chief and int(best.epoch.numpy()) != exported:
-                _export_best(model, best, best_path)
-                exported = int(best.epoch.numpy())
-        if chief:
-            _write_history(cfg.out, history)
-        _summaries(writer, row)
+# --- one epoch: train, validate, decide, save, report -----------------------------------
 
-    writer.flush()
-    summary = {"epochs": len(history), "best_val_acc": float(state.best_val_acc.numpy()),
-               "best_epoch": int(best.epoch.numpy()),
-               "last": history[-1] if history else None,
-               "replicas": strategy.num_replicas_in_sync,
-               "xla_compiled": {"/".join(map(str, sig)): xla_compiled(s)
-                                for sig, s in train_steps.items()}}
-    if not chief:
+def _run_epoch(r: _Run, epoch: int) -> None:
+    """Epoch ``epoch`` (0-based) from its phase's start to its report."""
+    cfg = r.cfg
+    phase_idx, phase = cfg.phase_at(epoch)
+    first = epoch == cfg.phase_start(phase_idx)
+    if first:
+        _start_phase(r, phase_idx, phase)
+    r.hooks.epoch_started(epoch + 1, r.model)
+    row = _train(r, epoch, phase_idx, phase)
+    _validate(r, row)
+    lr = _current_lr(r.optimizer)
+    decision = _decide(r, row, lr=lr, first=first, plateau_phase=phase.plateau)
+    if decision.diverged:
+        n = steps_per_epoch(cfg, phase, r.num_train)
+        raise Diverged(rules.diverged_message(
+            epoch=epoch + 1, phase=phase_idx + 1, step=n, steps=n,
+            what="the validation loss or the weights are", saved_epoch=_saved_epoch(r)))
+    _apply(r, decision, row, lr)
+    _save(r, row, decision.checkpoint)
+    _report(r, row)
+
+
+def _start_phase(r: _Run, phase_idx: int, phase: config_lib.Phase) -> None:
+    """``init=best`` puts the previous phase's best weights (and optimizer slots) back."""
+    pb = r.phase_best
+    start = rules.phase_start(init=phase.init, phase_best=None if pb is None else pb.record())
+    if start.load is not None:
+        pb.put()
+        _log(f"phase {phase_idx + 1}: starting from the best weights of phase {phase_idx} "
+             f"(epoch {start.load.epoch}, val top-1 {start.load.val_acc:.4f})")
+    if start.phase_best is not None:
+        pb.set_record(start.phase_best)
+
+
+def _train(r: _Run, epoch: int, phase_idx: int, phase: config_lib.Phase) -> dict:
+    """Trains one epoch from the run's training stream; returns its history row."""
+    step = r.train_steps.get(phase.signature)
+    compiling = step is None
+    if step is None:
+        recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
+        step = r.train_steps[phase.signature] = steps_lib.make_train_step(
+            r.model, r.optimizer, r.strategy, recipe=recipe,
+            global_batch_size=phase.batch_size, base_seed=r.cfg.seed, xla=r.cfg.xla,
+            cross_replica_layers=r.cfg.sync_bn)
+    if r.stream is None or r.stream[0] != phase_idx:
+        # One stream per phase, continued across its epochs; a new phase (other batch or
+        # image size) picks the stream up at the same example.
+        r.stream = (phase_idx, _training_stream(r.cfg, r.strategy, phase,
+                                                int(r.state.examples.numpy())))
+    n_steps = steps_per_epoch(r.cfg, phase, r.num_train)
+    row = _train_epoch(r.cfg, step, r.optimizer, r.stream[1], epoch=epoch,
+                       phase_idx=phase_idx, phase=phase, n_steps=n_steps,
+                       compiling=compiling, saved_epoch=_saved_epoch(r))
+    r.state.examples.assign_add(n_steps * phase.batch_size)
+    return row
+
+
+def _validate(r: _Run, row: dict) -> None:
+    """Adds the val loss (with the weight-decay term, as Keras reports it) and top-1/5."""
+    val = multiworker.evaluate_split(r.strategy, r.model, r.cfg.data, eval_step=r.eval_step,
+                                     image_size=r.cfg.val_image_size,
+                                     batch_size=r.cfg.eval_batch_size)
+    row.update(val_loss=val["loss"] + steps_lib.regularization_loss(r.model),
+               val_acc=val["top1"], val_top5=val["top5"])
+    row["seconds"] = time.perf_counter() - row.pop("_t0")
+
+
+def _decide(r: _Run, row: dict, *, lr: float, first: bool,
+            plateau_phase: bool) -> rules.Decision:
+    """The end-of-epoch rules (:func:`rules.decide`) on this epoch's plain values."""
+    cfg = r.cfg
+    facts = rules.EpochFacts(
+        epoch=row["epoch"], val_loss=row["val_loss"], val_acc=row["val_acc"],
+        weights_finite=all_finite(list(r.model.weights) + optimizer_slots(r.optimizer)),
+        lr=lr, first_of_phase=first,
+        plateau_phase=plateau_phase, last_of_run=row["epoch"] == cfg.total_epochs,
+        checkpoint_every=cfg.checkpoint_every)
+    return rules.decide(facts, best=r.best.record(),
+                        phase_best=None if r.phase_best is None else r.phase_best.record(),
+                        plateau=r.plateau.as_rule())
+
+
+def _apply(r: _Run, d: rules.Decision, row: dict, lr: float) -> None:
+    """Carries a decision out: learning rate, plateau state, best-weight copies, history."""
+    r.plateau.store(d.plateau)
+    if d.lr != lr:
+        r.optimizer.learning_rate = d.lr
+        _log(f"ReduceLROnPlateau: learning rate {lr:.3g} -> {d.lr:.3g}")
+    r.history.append(row)
+    _log(_epoch_line(row, r.cfg.total_epochs))
+    if d.new_best:
+        r.best.take(row["val_acc"], row["epoch"])
+        r.state.best_val_acc.assign(row["val_acc"])
+    if d.new_phase_best:
+        r.phase_best.take(row["val_acc"], row["epoch"])
+    r.state.epoch.assign(row["epoch"])
+    r.state.phase.assign(row["phase"] - 1)
+    r.state.history.assign(json.dumps(r.history))
+
+
+def _save(r: _Run, row: dict, checkpoint: bool) -> None:
+    """The checkpoint (when due), then best.keras (never ahead of it), then the history."""
+    if checkpoint:
+        r.manager.save(checkpoint_number=row["epoch"])
+        r.hooks.checkpoint_saved(row["epoch"])
+        if r.chief and int(r.best.epoch.numpy()) != r.exported:
+            _export_best(r)
+    if r.chief:
+        _write_history(r.cfg.out, r.history)
+
+
+def _report(r: _Run, row: dict) -> None:
+    summaries.write_epoch(r.writer, row)
+    r.hooks.epoch_recorded(row, r.model)
+
+
+def _saved_epoch(r: _Run) -> int:
+    """The epoch of the run folder's newest checkpoint (0: none yet)."""
+    latest = r.manager.latest_checkpoint
+    return int(latest.rsplit("-", 1)[-1]) if latest else 0
+
+
+# --- finish ------------------------------------------------------------------------------
+
+def _finish(r: _Run, manifest: dict) -> dict:
+    """The summary; the chief also evaluates best.keras into ``eval/``."""
+    r.writer.flush()
+    summary = {"epochs": len(r.history), "best_val_acc": float(r.state.best_val_acc.numpy()),
+               "best_epoch": int(r.best.epoch.numpy()),
+               "last": r.history[-1] if r.history else None,
+               "replicas": r.strategy.num_replicas_in_sync,
+               "xla_compiled": {"/".join(map(str, sig)): steps_lib.train_step_xla_compiled(s)
+                                for sig, s in r.train_steps.items()}}
+    if not r.chief:
         return summary
-    if fileio.isfile(best_path):
-        best = evaluate_lib.load_model(best_path)
+    cfg = r.cfg
+    if fileio.isfile(r.best_path):
+        best = evaluate_lib.load_model(r.best_path)
         report = evaluate_lib.write_report(
             best, cfg.data, os.path.join(cfg.out, "eval"), manifest=manifest,
             image_size=cfg.val_image_size, batch_size=cfg.eval_batch_size, xla=cfg.xla,
-            misclassified=cfg.misclassified, worst_k=cfg.worst_classes, model_name=best_path)
+            misclassified=cfg.misclassified, worst_k=cfg.worst_classes,
+            model_name=r.best_path)
         summary.update(top1=report["top1"], top5=report["top5"],
-                       worst_classes=[r["name"] for r in report["worst_classes"]])
+                       worst_classes=[c["name"] for c in report["worst_classes"]])
         _log(reports.report_text(report).rstrip())
     reports.atomic_write_json(os.path.join(cfg.out, "summary.json"), summary)
     return summary
 
+
+# --- helpers ----------------------------------------------------------------------------
 
 def _training_stream(cfg, strategy, phase, start_example: int):
     """An iterator over the run's training stream from global example ``start_example`` on,
@@ -349,18 +416,18 @@ def _training_stream(cfg, strategy, phase, start_example: int):
 
     Replica r of R reads part r of the shards wherever it runs (``training.multiworker``),
     each part its own stream of seeded passes (``pipeline.training_records``) that starts at
-    ``start_example // R``: every replica consumed the same share of each global batch.
+    ``rules.replica_start_example``: every replica consumed the same share of each batch.
     """
-    replicas = strategy.num_replicas_in_sync
+    start = rules.replica_start_example(start_example, strategy.num_replicas_in_sync)
     input_fn = multiworker.per_replica_input_fn(lambda parts, part: pipeline.make_dataset(
         cfg.data, "train", batch_size=phase.batch_size // parts, image_size=phase.image_size,
         training=True, seed=cfg.seed, deterministic=True, num_input_pipelines=parts,
-        input_pipeline_id=part, start_example=start_example // replicas))
+        input_pipeline_id=part, start_example=start))
     return iter(strategy.distribute_datasets_from_function(input_fn))
 
 
 def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_steps,
-                 compiling=False) -> dict:
+                 compiling=False, saved_epoch=0) -> dict:
     """Runs one epoch of ``n_steps`` from the stream ``iterator``; returns its row.
 
     Raises:
@@ -372,20 +439,19 @@ def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_s
                            enabled=cfg.progress, prefix=f"epoch {epoch + 1}: ")
     totals = dict.fromkeys(steps_lib.TRAIN_TOTALS, 0.0)
     chunk = max(1, min(cfg.steps_per_call, n_steps))
-    done, t_start = 0, None
+    done, t_start, images_timed = 0, None, 0
     while done < n_steps:
         k = min(chunk, n_steps - done)
         got = dict(zip(steps_lib.TRAIN_TOTALS,
                        step.run(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64),
                        strict=True))
         if not all(math.isfinite(v) for v in got.values()):
-            at = done + int(got["steps"])
-            raise Diverged(f"epoch {epoch + 1} (phase {phase_idx + 1}), step {at} of "
-                           f"{n_steps}: the training loss is not finite; stopped, the last "
-                           "checkpoint (if any) is kept")
+            raise Diverged(rules.diverged_message(
+                epoch=epoch + 1, phase=phase_idx + 1, step=done + int(got["steps"]),
+                steps=n_steps, what="the training loss is", saved_epoch=saved_epoch))
         totals = {name: totals[name] + got[name] for name in totals}
         if t_start is None:  # the first call includes tracing/compiling: time from after it
-            t_start, images_timed = time.perf_counter(), 0
+            t_start = time.perf_counter()
         else:
             images_timed += k * phase.batch_size
         done += k
@@ -425,27 +491,6 @@ def _write_history(out: str, history: list[dict]) -> None:
     reports.plot_curves(history, out)
 
 
-def _scalar_metadata() -> bytes:
-    """TensorBoard's scalar-plugin metadata, built from TF's own protos.
-
-    ``tf.summary.scalar`` needs the ``tensorboard`` package installed; ``tf.summary.write``
-    with this metadata writes the identical event without it.
-    """
-    from tensorflow.core.framework import summary_pb2
-    md = summary_pb2.SummaryMetadata()
-    md.plugin_data.plugin_name = "scalars"
-    md.data_class = summary_pb2.DATA_CLASS_SCALAR
-    return md.SerializeToString()
-
-
-def _summaries(writer, row: dict) -> None:
-    metadata = _scalar_metadata()
-    with writer.as_default(step=row["epoch"]):
-        for k in ("lr", "loss", "acc", "val_loss", "val_acc", "val_top5", "images_per_s"):
-            tf.summary.write(k, tf.constant(float(row[k]), tf.float32), metadata=metadata)
-    writer.flush()
-
-
 def _save_model_atomic(model: keras.Model, path: str) -> None:
     """``model.save`` to a temporary ``.keras`` next to ``path``, then ``os.replace``."""
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
@@ -453,38 +498,15 @@ def _save_model_atomic(model: keras.Model, path: str) -> None:
     fileio.replace(tmp, path)
 
 
-def _export_best(model: keras.Model, best: WeightCopy, path: str) -> None:
-    """Writes ``best``'s weights as ``path`` (atomically); the model's own weights are put
-    back afterwards."""
-    current = [w.numpy() for w in model.weights]
-    best.put(model)
+def _export_best(r: _Run) -> None:
+    """Writes the run's best weights as best.keras (atomically); the model's own weights are
+    put back afterwards."""
+    current = [w.numpy() for w in r.model.weights]
+    r.best.put()
     try:
-        _save_model_atomic(model, path)
+        _save_model_atomic(r.model, r.best_path)
     finally:
-        for w, v in zip(model.weights, current, strict=True):
+        for w, v in zip(r.model.weights, current, strict=True):
             w.assign(v)
-
-
-def set_bn_synchronized(model: keras.Model) -> int:
-    """Makes every BatchNormalization layer compute batch statistics over all replicas
-    (Keras' ``synchronized=True``: an all-reduce of the moments); returns how many."""
-    layers = batch_norm_layers(model)
-    for layer in layers:
-        layer.synchronized = True
-    return len(layers)
-
-
-# BatchNorm over fewer examples than this per replica gives noisy statistics.
-MIN_BN_BATCH = 16
-
-
-def _warn_small_replica_batches(cfg, replicas: int) -> None:
-    """One warning line per phase whose BatchNorm statistics come from < 16 examples."""
-    for i, p in enumerate(cfg.phases, 1):
-        per_replica = p.batch_size // replicas
-        normalised = p.batch_size if cfg.sync_bn else per_replica
-        if normalised < MIN_BN_BATCH:
-            hint = (" (add --sync_bn to normalise over all replicas' examples)"
-                    if replicas > 1 and not cfg.sync_bn else "")
-            _log(f"warning: phase {i}: BatchNorm statistics from {normalised} examples "
-                 f"per step ({p.batch_size} over {replicas} replica(s)){hint}")
+    r.exported = int(r.best.epoch.numpy())
+    r.hooks.best_exported(r.best_path, r.exported)

@@ -44,12 +44,14 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     return manifest
 
 
-def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
+def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
     Args:
       cfg: the settings (validated here).
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
+      hooks: a :class:`training.hooks.Hooks` the loop calls at fixed points of each epoch
+        (tests and tools watch or stop the run through it).
 
     Raises:
       config.ConfigError, manifest.BuildError, RunError: bad input, nothing written.
@@ -68,7 +70,7 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "") -> dict:
         else contextlib.nullcontext()
     with folder:
         try:
-            summary = loop.run(cfg, manifest, flags_text=flags_text)
+            summary = loop.run(cfg, manifest, flags_text=flags_text, hooks=hooks)
             if writer:
                 finish_best_model(cfg, manifest, summary)
             return summary

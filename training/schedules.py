@@ -15,6 +15,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from training import rules
+
 
 @dataclasses.dataclass(frozen=True)
 class CyclePhase:
@@ -138,15 +140,20 @@ class ReduceLROnPlateau(tf.Module):
 
     def update(self, value: float, current_lr: float) -> float:
         """Feeds one epoch's monitored value; returns the learning rate to use next."""
-        if value < float(self.best.numpy()) - self.min_delta:
-            self.best.assign(value)
-            self.wait.assign(0)
-            return current_lr
-        self.wait.assign_add(1)
-        if int(self.wait.numpy()) >= self.patience and current_lr > self.min_lr:
-            self.wait.assign(0)
-            return max(current_lr * self.factor, self.min_lr)
-        return current_lr
+        state, lr = self.as_rule().step(value, current_lr)
+        self.store(state)
+        return lr
+
+    def as_rule(self) -> rules.Plateau:
+        """The settings and state as the plain :class:`rules.Plateau` the loop decides on."""
+        return rules.Plateau(factor=self.factor, patience=self.patience, min_lr=self.min_lr,
+                             min_delta=self.min_delta, best=float(self.best.numpy()),
+                             wait=int(self.wait.numpy()))
+
+    def store(self, state: rules.Plateau) -> None:
+        """Keeps ``state``'s best value and wait count (checkpointed with the run)."""
+        self.best.assign(state.best)
+        self.wait.assign(state.wait)
 
     def state(self) -> dict:
         return {"best": float(self.best.numpy()), "wait": int(self.wait.numpy())}

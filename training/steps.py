@@ -58,10 +58,12 @@ class TrainStep:
       compute: the inner per-replica ``tf.function`` (``jit_compile=xla``), exposed so tests
         and benchmarks can prove XLA compiled it; None when traced inline (see
         ``cross_replica_layers``).
+      traced: the argument specs ``compute`` was traced for, one tuple per variant.
     """
 
     run: Callable
     compute: tf.types.experimental.GenericFunction | None
+    traced: list = dataclasses.field(default_factory=list)
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -108,13 +110,25 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     compute = compute_fn if inline else tf.function(compute_fn, jit_compile=xla,
                                                      reduce_retracing=True)
+    traced = []
 
     def replica_step(images, labels):
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = augment.step_seed(base_seed, optimizer.iterations, replica_id)
+        specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in (images, labels, seed))
+        if specs not in traced:  # Python runs only while tracing
+            traced.append(specs)
         grads, totals = compute(images, labels, seed)
         optimizer.apply(grads, variables)
         return totals
+
+    return TrainStep(run=_steps_loop(strategy, replica_step),
+                     compute=None if inline else compute, traced=traced)
+
+
+def _steps_loop(strategy: tf.distribute.Strategy, replica_step: Callable) -> Callable:
+    """``run(iterator, num_steps)``: the replicas' steps in one ``tf.function``, stopping
+    after the first step whose totals are not finite."""
 
     @tf.function
     def run(iterator, num_steps):
@@ -130,7 +144,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                 break
         return tf.concat([totals, [done]], axis=0)
 
-    return TrainStep(run=run, compute=None if inline else compute)
+    return run
 
 
 def make_eval_step(model: keras.Model, *, xla: bool = True) -> Callable:
@@ -166,3 +180,12 @@ def is_xla_compiled(fn: tf.types.experimental.GenericFunction, *args) -> bool:
     concrete = fn.get_concrete_function(*args)
     attr = concrete.function_def.attr.get("_XlaMustCompile")
     return bool(attr is not None and attr.b)
+
+
+def train_step_xla_compiled(step: TrainStep) -> bool:
+    """True when every variant the step's inner function was traced for is marked for XLA
+    (False when it was traced inline, or not yet traced)."""
+    if step.compute is None:
+        return False
+    return bool(step.traced) and all(is_xla_compiled(step.compute, *specs)
+                                     for specs in step.traced)
