@@ -29,16 +29,16 @@ import sys
 from absl import flags
 from absl import logging
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
 from training import config as config_lib
-from training import console
 from training import settings
 
-console.quiet_tensorflow()
+cli_lib.quiet_tensorflow()
 
 FLAGS = flags.FLAGS
 
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = (cli_lib.EXIT_BAD_INPUT, cli_lib.EXIT_FAILURE,
+                                                 cli_lib.EXIT_INTERRUPTED)
 
 
 # One flag per setting, derived from its declaration (training.config; training.settings).
@@ -71,12 +71,11 @@ def config_and_flags_text(argv: list[str]) -> tuple[config_lib.RunConfig, str]:
 def exit_status(error: BaseException) -> int:
     """The exit status for an error a run ended with (README, "Exit status")."""
     import training  # pylint: disable=import-outside-toplevel
-    from tinyimagenet_tfrecords import manifest as manifest_lib
     if isinstance(error, training.Interrupted):
         return EXIT_INTERRUPTED
     if isinstance(error, training.RunFailure):
         return EXIT_FAILED
-    if isinstance(error, (config_lib.ConfigError, manifest_lib.BuildError, training.RunError)):
+    if isinstance(error, (config_lib.ConfigError, training.BuildError, training.RunError)):
         return EXIT_BAD_INPUT
     raise TypeError(f"not a run error: {type(error).__name__}")
 
@@ -122,9 +121,8 @@ def main(argv):
         cfg, flags_text = config_and_flags_text(sys.argv)
     except config_lib.ConfigError as e:
         _fail(_one_line(e))
-    console.import_tensorflow_quietly()
+    cli_lib.import_tensorflow_quietly()
     import training
-    from tinyimagenet_tfrecords import manifest as manifest_lib
     try:
         if FLAGS.num_logical_cpus > 1:
             from training import strategy as strategy_lib
@@ -135,7 +133,7 @@ def main(argv):
                 train_per_class=FLAGS.synthetic_train_per_class,
                 val_per_class=FLAGS.synthetic_val_per_class, seed=FLAGS.seed)
         summary = training.run(cfg, flags_text=flags_text)
-    except (config_lib.ConfigError, manifest_lib.BuildError, training.RunError,
+    except (config_lib.ConfigError, training.BuildError, training.RunError,
             training.RunFailure, training.Interrupted) as e:
         _fail(_one_line(e), exit_status(e))
     except KeyboardInterrupt:  # before the run started: nothing was written

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from augment.core import step_seed
 from augment.recipes import get_recipe
+from plumbing import cli as cli_lib
 
 
 class GridInputError(ValueError):
@@ -159,30 +160,11 @@ def _define_flags() -> None:
     flags.DEFINE_integer("scale", 2, "Upscaling factor of each tile.")
 
 
-def _parse_flags(argv):
-    """absl's parser with the project's statuses (``tinyimagenet_tfrecords.cli.parse``, which
-    ``augment`` does not import): a bad flag is usage (exit 2, one line), not absl's exit 1;
-    ``--help`` exits 0, also into a closed pipe (``--help | head -1``)."""
-    from absl import flags
-    try:
-        try:
-            return flags.FLAGS(argv)
-        except SystemExit:  # only absl's help flags exit while parsing (absl's status is 1)
-            sys.stdout.flush()
-            sys.exit(0)
-    except flags.Error as e:
-        print(f"augment.grid: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except BrokenPipeError:  # what is still buffered for the closed stdout goes nowhere
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-
-
 def cli() -> None:
-    """Entry point: ``python -m augment.grid``."""
-    from absl import app
+    """Entry point: ``python -m augment.grid`` (the project's runner: ``--help`` exits 0,
+    a bad flag is one line and exit 2, a closed pipe ends quietly)."""
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+    cli_lib.run(main, __name__)
 
 
 if __name__ == "__main__":

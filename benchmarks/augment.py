@@ -199,7 +199,7 @@ def _define_flags() -> None:
 
 def cli() -> None:
     """Entry point: ``python -m benchmarks.augment`` (the data tools' CLI convention)."""
-    from tinyimagenet_tfrecords import cli as cli_lib
+    from plumbing import cli as cli_lib
     _define_flags()
     cli_lib.run(main, __name__)
 

@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 
+from plumbing import cli as cli_lib
 from tinyimagenet_tfrecords import build
-from tinyimagenet_tfrecords import cli as cli_lib
 from tinyimagenet_tfrecords import synthetic
 
 

@@ -301,6 +301,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from tinyimagenet_tfrecords import cli as cli_lib
+    from plumbing import cli as cli_lib
     _define_flags()
     cli_lib.run(main, __name__)

@@ -50,9 +50,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from plumbing import cli as cli_lib
 import augment
 from benchmarks.build import machine_description
-from tinyimagenet_tfrecords import cli as cli_lib
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline

@@ -215,6 +215,6 @@ def _usage(message: str):
 
 
 if __name__ == "__main__":
-    from tinyimagenet_tfrecords import cli as cli_lib
+    from plumbing import cli as cli_lib
     _define_flags()
     cli_lib.run(main, __name__)

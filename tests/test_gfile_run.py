@@ -1,9 +1,8 @@
-"""Runs on any tf.io.gfile storage: a whole run on ``ram://`` paths, and local run outputs
-that get the user's umask."""
+"""Runs on any tf.io.gfile storage: a whole run on ``ram://`` paths, and a build read from one.
+(Atomic writes, local and on a URL: tests/test_plumbing.py.)"""
 
 import json
 import os
-import stat
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,34 +14,6 @@ def _copy_tree_to(src: str, dst: str) -> None:
     tf.io.gfile.makedirs(dst)
     for name in tf.io.gfile.listdir(src):
         tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
-
-
-def test_run_outputs_respect_the_umask_not_a_private_temporary_mode(tmp_path):
-    from training import reports
-    old = os.umask(0o022)
-    try:
-        path = str(tmp_path / "history.json")
-        reports.atomic_write_json(path, {"a": 1})
-        reports.atomic_write_json(path, {"a": 2})  # replacing keeps the umask's mode
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
-    with open(path) as f:
-        assert json.load(f) == {"a": 2}
-    assert os.listdir(tmp_path) == ["history.json"]  # no temporary file left
-
-
-def test_atomic_writes_work_on_a_gfile_url():
-    import tensorflow as tf
-    from training import fileio
-    path = "ram://fileio-test/sub/x.json"
-    fileio.atomic_write_bytes(path, b"one")
-    fileio.atomic_write_bytes(path, b"two")
-    assert fileio.read_bytes(path) == b"two"
-    assert fileio.isfile(path) and fileio.isdir("ram://fileio-test/sub")
-    assert fileio.listdir("ram://fileio-test/sub") == ["x.json"]
-    assert fileio.abspath(path) == path
-    tf.io.gfile.rmtree("ram://fileio-test")
 
 
 def test_manifest_loads_from_a_gfile_url_and_names_a_missing_one(synthetic_build):

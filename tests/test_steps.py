@@ -133,7 +133,8 @@ def test_sync_bn_averages_over_replicas_in_an_inline_step():
 
 def test_small_replica_batches_warn_and_name_sync_bn(capsys):
     from training import config as config_lib
-    from training import batchnorm, console
+    from plumbing import progress as console
+    from training import batchnorm
     cfg = config_lib.RunConfig(data="d", out="o", phases=(
         config_lib.Phase(epochs=1, image_size=64, batch_size=64, augment="none",
                          plateau=False),

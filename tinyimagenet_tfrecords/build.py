@@ -39,7 +39,9 @@ import tempfile
 import threading
 import time
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
+from plumbing import paths
+from plumbing.progress import Progress
 from tinyimagenet_tfrecords import download
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
@@ -252,59 +254,7 @@ def plan_shards(entries: list, split: str, num_shards: int, seed: int) -> list[t
             for i in range(num_shards)]
 
 
-# --- Progress ---------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A one-line progress display on stderr, redrawn by a background thread."""
-
-    def __init__(self, counter, total: int, label: str, enabled: bool):
-        self._counter, self._total, self._label = counter, total, label
-        self._enabled = enabled
-        self._tty = enabled and sys.stderr.isatty()
-        self._stop = threading.Event()
-        self._start = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        if self._enabled:
-            self._thread.start()
-        return self
-
-    def _line(self) -> str:
-        done = self._counter.value
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        rate = done / elapsed
-        eta = (self._total - done) / rate if rate > 0 else float("inf")
-        pct = 100.0 * done / max(self._total, 1)
-        bar = "#" * int(pct / 5)
-        eta_s = f"{eta:4.0f}s" if eta != float("inf") else "   ?"
-        return (f"{self._label} [{bar:<20}] {done}/{self._total} {pct:5.1f}% "
-                f"{rate:7.0f} img/s ETA {eta_s}")
-
-    def _run(self) -> None:
-        last_plain = time.monotonic()  # not a tty (a log): a line every 10 s, and the last
-        while not self._stop.wait(0.25):
-            if self._tty:
-                sys.stderr.write("\r" + self._line())
-                sys.stderr.flush()
-            elif time.monotonic() - last_plain > 10:
-                last_plain = time.monotonic()
-                sys.stderr.write(self._line() + "\n")
-
-    def __exit__(self, *exc):
-        if self._enabled:
-            self._stop.set()
-            self._thread.join()
-            sys.stderr.write(("\r" if self._tty else "") + self._line() + "\n")
-            sys.stderr.flush()
-
-
 # --- The build --------------------------------------------------------------------------------
-
-
-def _is_url(src: str) -> bool:
-    return src.startswith(("http://", "https://"))
 
 
 def _run_tasks(tasks: list[dict], workers: int, counter) -> list[dict]:
@@ -354,7 +304,7 @@ def _write_indexed(task: dict) -> dict:
 
 def _build_args(src, shards, splits, storage, seed, skip_corrupt, sha256) -> dict:
     """The arguments that determine the output bytes (recorded; compared for idempotence)."""
-    return {"src": src if _is_url(src) else os.path.abspath(src), "shards": shards,
+    return {"src": src if paths.is_web_address(src) else os.path.abspath(src), "shards": shards,
             "splits": list(splits), "storage": storage, "seed": int(seed),
             "skip_corrupt": bool(skip_corrupt), "sha256": sha256}
 
@@ -399,7 +349,7 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
       WriteError: the file system refused a write (no space, read-only), naming the path;
         for space, with the size needed and that of ``--storage jpeg``.
     """
-    if manifest_lib.is_url(out_dir):
+    if paths.is_url(out_dir):
         return _build_to_url(src, out_dir, shards=shards, workers=workers, splits=splits,
                              storage=storage, seed=seed, overwrite=overwrite,
                              skip_corrupt=skip_corrupt, sha256=sha256, progress=progress,
@@ -418,7 +368,7 @@ def build_dataset(src: str, out_dir: str, *, shards=None, workers=None,
             return existing
 
     zip_or_dir = src
-    if _is_url(src):
+    if paths.is_web_address(src):
         zip_or_dir = download.fetch(src, download_dir or os.path.dirname(out_dir),
                                     sha256=sha256, progress=progress)
     elif sha256:
@@ -545,7 +495,7 @@ def _build_to_url(src: str, url: str, *, overwrite: bool, download_dir, progress
         src, kwargs["shards"], kwargs["splits"], kwargs["storage"], kwargs["seed"],
         kwargs["skip_corrupt"], kwargs["sha256"])
     del splits, shard_counts
-    if manifest_lib.exists(url):
+    if paths.exists(url):
         existing = _check_existing(url, args, overwrite)
         if existing is not None:
             if progress:
@@ -586,9 +536,9 @@ def copy_build(local_dir: str, url: str, manifest: dict) -> None:
         listed = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
         for name in gfile.listdir(url):  # shards of a replaced build
             if name.endswith(".tfrecord") and name not in listed:
-                gfile.remove(manifest_lib.join(url, name))
+                gfile.remove(paths.join(url, name))
         for name in sorted(listed):
-            dest = manifest_lib.join(url, name)
+            dest = paths.join(url, name)
             gfile.copy(os.path.join(local_dir, name), dest, overwrite=True)
             copied.append(dest)
         with gfile.GFile(target, "w") as f:
@@ -632,12 +582,12 @@ def _remove_dead_temporaries(out_dir: str) -> None:
 
 def _check_existing(out_dir: str, args: dict, overwrite: bool):
     """Returns the existing manifest when it was built with ``args`` (and not overwrite)."""
-    if not manifest_lib.isdir(out_dir):
+    if not paths.isdir(out_dir):
         raise BuildError(f"{out_dir}: exists and is not a folder")
     if overwrite:
         return None
-    if not manifest_lib.exists(manifest_lib.manifest_path(out_dir)):
-        if manifest_lib.listdir(out_dir):
+    if not paths.exists(manifest_lib.manifest_path(out_dir)):
+        if paths.listdir(out_dir):
             raise BuildError(f"{out_dir}: exists and is not a finished build; pass "
                              "--overwrite to replace it")
         return None
@@ -678,7 +628,8 @@ def _write_build(scanned, tmp, shard_counts, splits, storage, seed, skip_corrupt
     total = sum(len(t["entries"]) for t in tasks)
     counter = _LocalCounter()
     write_start = time.perf_counter()
-    with _Progress(counter, total, f"build {storage}", progress):
+    bar = Progress(total, enabled=progress, interval=10.0, prefix=f"build {storage} ")
+    with bar.watching(lambda: counter.value):
         results = _run_tasks(tasks, workers, counter)
     stats["write_s"] = time.perf_counter() - write_start
     stats["worker_cpu_s"] = sum(r["cpu_s"] for r in results)

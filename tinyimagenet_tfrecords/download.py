@@ -17,6 +17,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from plumbing.progress import Progress
+
 DEFAULT_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 _CHUNK = 1 << 20
 
@@ -45,21 +47,11 @@ def _target_name(url: str) -> str:
     return name or "tiny-imagenet-200.zip"
 
 
-def _draw(done: int, total, start: float, enabled: bool, final: bool = False) -> None:
-    if not enabled:
-        return
-    rate = done / max(time.monotonic() - start, 1e-9) / 1e6
-    if total:
-        pct = 100.0 * done / total
-        line = (f"download [{'#' * int(pct / 5):<20}] {done / 1e6:.1f}/{total / 1e6:.1f} MB "
-                f"{pct:5.1f}% {rate:.1f} MB/s")
-    else:
-        line = f"download {done / 1e6:.1f} MB {rate:.1f} MB/s"
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + line + ("\n" if final else ""))
-    elif final:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+def _bar(total, enabled: bool) -> Progress:
+    """The download's progress line, counted in MB (``total`` None when the length is
+    unknown)."""
+    return Progress(None if total is None else total / 1e6, unit="MB", count_unit="MB",
+                    enabled=enabled, prefix="download ")
 
 
 def _download_once(url: str, part: str, progress: bool, timeout: float) -> None:
@@ -81,7 +73,7 @@ def _download_once(url: str, part: str, progress: bool, timeout: float) -> None:
             mode, done = "wb", 0
         length = response.headers.get("Content-Length")
         total = done + int(length) if length is not None else None
-        start, last = time.monotonic(), 0.0
+        bar, last = _bar(total, progress), 0.0
         with open(part, mode) as f:
             while True:
                 chunk = response.read(_CHUNK)
@@ -91,8 +83,8 @@ def _download_once(url: str, part: str, progress: bool, timeout: float) -> None:
                 done += len(chunk)
                 if time.monotonic() - last > 0.25:
                     last = time.monotonic()
-                    _draw(done, total, start, progress)
-        _draw(done, total, start, progress, final=True)
+                    bar.update(done / 1e6)
+        bar.close(done / 1e6)
         if total is not None and done != total:
             raise DownloadError(f"{url}: connection closed after {done} of {total} bytes")
 

@@ -9,18 +9,18 @@ A build folder is *finished* exactly when it holds a manifest with this schema v
 converter writes into a temporary folder and renames it into place only when complete (or, for
 a ``tf.io.gfile`` URL such as ``gs://...``, copies the shards first and the manifest last).
 
-Local paths use ``os`` only; a URL (``scheme://``) goes through ``tf.io.gfile``, imported on
-first use, so the converter stays TensorFlow-free for local builds.
+Paths go through :mod:`plumbing.paths`: local paths use ``os`` only, a URL goes through
+``tf.io.gfile`` (imported on first use), so the converter stays TensorFlow-free for local builds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 from typing import Iterable, Optional
 
+from plumbing import paths
 from tinyimagenet_tfrecords import features
 
 MANIFEST_NAME = "manifest.json"
@@ -30,54 +30,11 @@ class BuildError(Exception):
     """A build folder is missing, unfinished, or was written with another schema."""
 
 
-# --- Paths: local or tf.io.gfile URL ------------------------------------------------------------
-
-
-def is_url(path: str) -> bool:
-    """``scheme://...`` (``gs://``, ``s3://``, ``hdfs://``, ``ram://``); http(s) is a source."""
-    return "://" in str(path) and not str(path).startswith(("http://", "https://"))
-
-
-def _gfile():
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf.io.gfile
-
-
-def join(folder: str, name: str) -> str:
-    return folder.rstrip("/") + "/" + name if is_url(folder) else os.path.join(folder, name)
-
-
-def exists(path: str) -> bool:
-    return _gfile().exists(path) if is_url(path) else os.path.exists(path)
-
-
-def isdir(path: str) -> bool:
-    return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
-
-
-def listdir(path: str) -> list[str]:
-    if is_url(path):
-        return [n.rstrip("/") for n in _gfile().listdir(path)]
-    return os.listdir(path)
-
-
-def getsize(path: str) -> int:
-    return _gfile().stat(path).length if is_url(path) else os.path.getsize(path)
-
-
-def read_text(path: str) -> str:
-    if is_url(path):
-        with _gfile().GFile(path, "r") as f:
-            return f.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 # --- The manifest --------------------------------------------------------------------------------
 
 
 def manifest_path(build_dir: str) -> str:
-    return join(build_dir, MANIFEST_NAME)
+    return paths.join(build_dir, MANIFEST_NAME)
 
 
 _reads = {"count": 0}
@@ -100,17 +57,17 @@ def load_manifest(build_dir: str) -> dict:
         or foreign folder), the manifest is not valid JSON, or its schema differs from
         :data:`features.SCHEMA_VERSION`.
     """
-    if not isdir(build_dir):
+    if not paths.isdir(build_dir):
         raise BuildError(f"{build_dir}: no such build folder")
     path = manifest_path(build_dir)
-    if not exists(path):
+    if not paths.exists(path):
         raise BuildError(
             f"{path}: missing; {build_dir} is not a finished build "
             "(run python -m tinyimagenet_tfrecords.build)")
     with _reads_lock:
         _reads["count"] += 1
     try:
-        manifest = json.loads(read_text(path))
+        manifest = json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise BuildError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
@@ -127,7 +84,7 @@ def shard_paths(build_dir: str, manifest: dict, split: str) -> list[str]:
     if split not in splits:
         raise BuildError(
             f"{manifest_path(build_dir)}: split {split!r} not built (has {sorted(splits)})")
-    return [join(build_dir, s["file"]) for s in splits[split]["shards"]]
+    return [paths.join(build_dir, s["file"]) for s in splits[split]["shards"]]
 
 
 def check_shards(build_dir: str, manifest: dict, splits) -> None:
@@ -145,18 +102,18 @@ def check_shards(build_dir: str, manifest: dict, splits) -> None:
         listed = manifest["splits"][split]["shards"] if split in manifest["splits"] else None
         if listed is None:
             shard_paths(build_dir, manifest, split)  # raises, naming the split
-        _check_listed(((join(build_dir, s["file"]), s.get("bytes")) for s in listed),
+        _check_listed(((paths.join(build_dir, s["file"]), s.get("bytes")) for s in listed),
                       manifest_path(build_dir))
 
 
 def _check_listed(shards: Iterable[tuple[str, Optional[int]]], where: str) -> None:
     """Raises :class:`BuildError` for the first ``(path, bytes)`` missing or of another size."""
     for path, expected in shards:
-        if not exists(path):
+        if not paths.exists(path):
             raise BuildError(f"{path}: missing shard (listed in {where}); "
                              "rebuild with --overwrite")
         if expected is not None:
-            size = getsize(path)
+            size = paths.getsize(path)
             if size != expected:
                 raise BuildError(
                     f"{path}: {size} bytes, {where} says {expected} "
@@ -305,7 +262,7 @@ def _parse_build(build_dir: str, where: str, manifest: dict) -> Build:
 
 
 def _parse_split(build_dir: str, where: str, name: str, info: dict) -> Split:
-    shards = tuple(Shard(file=str(s["file"]), path=join(build_dir, s["file"]),
+    shards = tuple(Shard(file=str(s["file"]), path=paths.join(build_dir, s["file"]),
                          num_examples=int(s["num_examples"]),
                          bytes=None if s.get("bytes") is None else int(s["bytes"]),
                          sha256=str(s.get("sha256", ""))) for s in info["shards"])

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
 from tinyimagenet_tfrecords import source as source_lib
 
 

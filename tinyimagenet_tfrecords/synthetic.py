@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
 
 GRAYSCALE_FRACTION = 0.014  # the real train set has 68 of 5,000 in the sample
 

@@ -22,7 +22,8 @@ import hashlib
 import os
 import sys
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
+from plumbing import paths
 from tinyimagenet_tfrecords import features
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords.manifest import BuildError
@@ -96,7 +97,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     wnids = _check_classes(build_dir, manifest)
     where = manifest_lib.manifest_path(build_dir)
     listed = {s["file"] for split in manifest["splits"].values() for s in split["shards"]}
-    present = {n for n in manifest_lib.listdir(build_dir) if n.endswith(".tfrecord")}
+    present = {n for n in paths.listdir(build_dir) if n.endswith(".tfrecord")}
     if present - listed:
         raise VerifyError(f"{build_dir}: shards not in the manifest: {sorted(present - listed)}")
     storage = manifest["storage"]
@@ -105,7 +106,7 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     for split, info in manifest["splits"].items():
         names: set = set()
         per_class: collections.Counter = collections.Counter()
-        found = [check(manifest_lib.join(build_dir, shard["file"]), shard, split, names,
+        found = [check(paths.join(build_dir, shard["file"]), shard, split, names,
                        per_class) for shard in info["shards"]]
         bad = [(path, reason) for path, reason, _ in found if reason]
         problems += bad
@@ -130,12 +131,12 @@ class _ShardCheck:
         self.allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
 
     def __call__(self, path, shard, split, names, per_class) -> tuple[str, str, int]:
-        if not manifest_lib.exists(path):
+        if not paths.exists(path):
             return path, f"missing shard (listed in {self.where})", 0
         wrong, count = [], 0
         if _sha256(path) != shard["sha256"]:
             wrong.append(f"sha256 differs from {self.where}")
-        size = manifest_lib.getsize(path)
+        size = paths.getsize(path)
         if "bytes" in shard and size != shard["bytes"]:
             wrong.append(f"{size} bytes, {self.where} says {shard['bytes']}")
         try:
@@ -193,12 +194,7 @@ def _problems_line(problems: list[tuple[str, str]], named: int = 5) -> str:
 def _sha256(path: str) -> str:
     """sha256 of a local file or a ``tf.io.gfile`` URL, read in 8 MB blocks."""
     digest = hashlib.sha256()
-    if manifest_lib.is_url(path):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        opened = tf.io.gfile.GFile(path, "rb")
-    else:
-        opened = open(path, "rb")
-    with opened as f:
+    with paths.open_binary(path) as f:
         for block in iter(lambda: f.read(8 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -222,7 +218,7 @@ def find_corrupt_shards(build_dir: str, split: str) -> list[tuple[str, str]]:
     manifest = manifest_lib.load_manifest(build_dir)
     bad = []
     for path in manifest_lib.shard_paths(build_dir, manifest, split):
-        if not manifest_lib.exists(path):
+        if not paths.exists(path):
             bad.append((path, "missing"))
             continue
         try:

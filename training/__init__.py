@@ -10,7 +10,7 @@ its module once, without a ``found in sys.modules`` warning.
 from training.config import ConfigError, Phase, RunConfig
 from training.errors import Diverged, Interrupted, RunError, RunFailure
 
-__all__ = ["ConfigError", "Diverged", "Interrupted", "Phase", "RunConfig", "RunError",
+__all__ = ["BuildError", "ConfigError", "Diverged", "Interrupted", "Phase", "RunConfig", "RunError",
            "RunFailure", "make_synthetic_build", "run"]
 
 
@@ -18,6 +18,9 @@ def __getattr__(name):
     if name == "run":
         from training.runner import run
         return run
+    if name == "BuildError":  # a data build that cannot be read (exit 2, as RunError)
+        from tinyimagenet_tfrecords.manifest import BuildError
+        return BuildError
     if name == "make_synthetic_build":
         from training.data import make_synthetic_build
         return make_synthetic_build

@@ -16,7 +16,7 @@ import json
 import os
 import zipfile
 
-from training import fileio
+from plumbing import paths
 
 MEMBER = "classes.json"
 SIDECAR = "classes.json"
@@ -42,20 +42,20 @@ def embed(model_path: str, record: dict) -> None:
 
     Replaces an earlier ``classes.json`` member; every other member is copied unchanged.
     """
-    old = zipfile.ZipFile(io.BytesIO(fileio.read_bytes(model_path)))
+    old = zipfile.ZipFile(io.BytesIO(paths.read_bytes(model_path)))
     buf = io.BytesIO()
     with old, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as new:
         for item in old.infolist():
             if item.filename != MEMBER:
                 new.writestr(item, old.read(item.filename))
         new.writestr(MEMBER, json.dumps(record, indent=1))
-    fileio.atomic_write_bytes(model_path, buf.getvalue())
+    paths.atomic_write_bytes(model_path, buf.getvalue())
 
 
 def embedded(model_path: str) -> dict | None:
     """The record inside a ``.keras`` archive, or None (no member, or not a zip)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(fileio.read_bytes(model_path))) as z:
+        with zipfile.ZipFile(io.BytesIO(paths.read_bytes(model_path))) as z:
             if MEMBER not in z.namelist():
                 return None
             return info(**_fields(json.loads(z.read(MEMBER))))
@@ -66,8 +66,8 @@ def embedded(model_path: str) -> dict | None:
 def sidecar_path(model_path: str) -> str | None:
     """``<model>.classes.json``, else the run folder's ``classes.json``; None for neither."""
     for path in (model_path + "." + SIDECAR,
-                 os.path.join(os.path.dirname(fileio.abspath(model_path)), SIDECAR)):
-        if fileio.isfile(path):
+                 os.path.join(os.path.dirname(paths.abspath(model_path)), SIDECAR)):
+        if paths.isfile(path):
             return path
     return None
 
@@ -84,7 +84,7 @@ def model_classes(model_path: str) -> tuple[dict | None, str | None]:
     path = sidecar_path(model_path)
     if path is None:
         return None, None
-    data = json.loads(fileio.read_text(path))
+    data = json.loads(paths.read_text(path))
     return info(**_fields(data)), path
 
 

@@ -26,10 +26,10 @@ import os
 
 import numpy as np
 
+from plumbing import cli as cli_lib
+from plumbing import paths
 from training import classes as classes_lib
 from training import config as config_lib
-from training import console
-from training import fileio
 from training import reports
 from training.errors import RunError, RunFailure
 
@@ -112,11 +112,11 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
                          batch_size=batch_size, xla=xla, keep_outputs=True)
     rows = reports.per_class_accuracy(res["labels"], res["preds"], classes)
     worst = reports.worst_classes(rows, worst_k)
-    fileio.makedirs(out_dir)  # local or any tf.io.gfile URL
+    paths.makedirs(out_dir)  # local or any tf.io.gfile URL
     files = {k: os.path.join(out_dir, v) for k, v in (
         ("json", "report.json"), ("text", "report.txt"), ("per_class", "per_class.csv"),
         ("worst_plot", "worst_classes.png"), ("misclassified", "misclassified.png"))}
-    reports.atomic_write_text(files["per_class"], reports.per_class_csv(rows))
+    paths.atomic_write_text(files["per_class"], reports.per_class_csv(rows))
     reports.plot_worst_classes(worst, files["worst_plot"])
     idx, images = _misclassified_images(build_dir, res["labels"], res["preds"], split=split,
                                         image_size=image_size, limit=misclassified)
@@ -133,8 +133,8 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
               "top1": res["top1"], "top5": res["top5"], "ce_loss": res["loss"],
               "per_class": rows, "worst_classes": worst, "misclassified": mis,
               "files": files}
-    reports.atomic_write_json(files["json"], report)
-    reports.atomic_write_text(files["text"], reports.report_text(report))
+    paths.atomic_write_json(files["json"], report)
+    paths.atomic_write_text(files["text"], reports.report_text(report))
     return report
 
 
@@ -261,7 +261,7 @@ def write_predictions(model, build_dir: str, path: str, *, manifest: dict, split
     wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
     names, top = predict_split(model, build_dir, manifest, split=split, image_size=image_size,
                                batch_size=batch_size, top_k=min(5, len(wnids)))
-    reports.atomic_write_text(path, predictions_csv(names, top, wnids))
+    paths.atomic_write_text(path, predictions_csv(names, top, wnids))
     return len(names)
 
 
@@ -288,14 +288,14 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
       RunFailure: a corrupt shard (named) or an output that cannot be written.
     """
     from tinyimagenet_tfrecords import manifest as manifest_lib
-    if fileio.is_url(model_path) or fileio.is_url(build_dir):
-        console.import_tensorflow_quietly()  # tf.io.gfile opens URLs
+    if paths.is_url(model_path) or paths.is_url(build_dir):
+        cli_lib.import_tensorflow_quietly()  # tf.io.gfile opens URLs
     config_lib.check_settings(config_lib.EvalSettings(
         image_size=image_size, batch_size=batch_size, misclassified=misclassified,
         worst_classes=worst_classes))
     if not out and not predictions:
         raise RunError("give --out (a report) and/or --predictions (a CSV of predictions)")
-    if not fileio.isfile(model_path):
+    if not paths.isfile(model_path):
         raise RunError(f"--model={model_path}: no such model file")
     manifest = manifest_lib.load_manifest(build_dir)
     if split not in manifest["splits"]:
@@ -303,7 +303,7 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     if out and not is_labelled(manifest, split):
         raise RunError(f"--split={split}: {build_dir}'s {split} split is unlabelled, so there is "
                        "nothing to score; use --predictions=FILE.csv for its predictions")
-    console.import_tensorflow_quietly()  # only now, with every cheap check passed
+    cli_lib.import_tensorflow_quietly()  # only now, with every cheap check passed
     try:
         model = load_model(model_path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, no traceback

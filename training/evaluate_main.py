@@ -17,12 +17,11 @@ import sys
 
 from absl import flags
 
-from tinyimagenet_tfrecords import cli as cli_lib
+from plumbing import cli as cli_lib
 from training import config as config_lib
-from training import console
 from training import settings
 
-console.quiet_tensorflow()
+cli_lib.quiet_tensorflow()
 
 flags.DEFINE_string("model", None, "a .keras model file (e.g. <run>/best.keras)")
 flags.DEFINE_string("data", None, "a finished TFRecord build folder")

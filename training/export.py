@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 
+from plumbing import paths
 from training import classes as classes_lib
-from training import fileio
 from training.errors import RunError, RunFailure
 
 TOP_K = 5
@@ -121,7 +121,7 @@ def load_keras_with_classes(model_path: str):
     """``(model, record)`` of a ``.keras`` file; RunError (one line) for a missing or
     unreadable file or a model with no class list, or one of another length."""
     from training import evaluate  # pylint: disable=import-outside-toplevel
-    if not fileio.isfile(model_path):
+    if not paths.isfile(model_path):
         raise RunError(f"--model={model_path}: no such model file")
     try:
         model = evaluate.load_model(model_path)
@@ -151,14 +151,14 @@ def write_saved_model(model, record: dict, image_size: int, out: str) -> None:
     archive.track(model)
     for name, fn in serving_functions(model, record, image_size).items():
         archive.add_endpoint(name, fn)
-    if fileio.is_url(out):
-        fileio.rmtree(out)
+    if paths.is_url(out):
+        paths.rmtree(out)
         archive.write_out(out, verbose=False)
         return
     parent, base = os.path.split(os.path.abspath(out).rstrip("/"))
     tmp, old = os.path.join(parent, f".tmp-{base}"), os.path.join(parent, f".old-{base}")
     for path in (tmp, old):
-        fileio.rmtree(path)
+        paths.rmtree(path)
     os.makedirs(parent, exist_ok=True)
     try:
         archive.write_out(tmp, verbose=False)
@@ -167,7 +167,7 @@ def write_saved_model(model, record: dict, image_size: int, out: str) -> None:
         os.replace(tmp, out)
     finally:
         for path in (tmp, old):
-            fileio.rmtree(path)
+            paths.rmtree(path)
 
 
 def export_model(model_path: str, out: str, *, image_size: int | None = None) -> dict:
@@ -190,8 +190,7 @@ def main(argv):
     """CLI: maps flags to :func:`export_model`; exit 0 done, 2 bad input, 1 failure."""
     import sys  # pylint: disable=import-outside-toplevel
     from absl import flags  # pylint: disable=import-outside-toplevel
-    from tinyimagenet_tfrecords import cli as cli_lib  # pylint: disable=import-outside-toplevel
-    from training import console  # pylint: disable=import-outside-toplevel
+    from plumbing import cli as cli_lib  # pylint: disable=import-outside-toplevel
     fv = flags.FLAGS
     if len(argv) > 1:
         print(f"export: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
@@ -199,7 +198,7 @@ def main(argv):
     if not fv.model or not fv.out:
         print("export: error: --model and --out are required", file=sys.stderr)
         return cli_lib.EXIT_BAD_INPUT
-    console.import_tensorflow_quietly()
+    cli_lib.import_tensorflow_quietly()
     try:
         result = export_model(fv.model, fv.out, image_size=fv.image_size)
     except RunError as e:
@@ -210,7 +209,7 @@ def main(argv):
         return cli_lib.EXIT_FAILURE
     except KeyboardInterrupt:
         print("export: error: interrupted", file=sys.stderr)
-        return 130
+        return cli_lib.EXIT_INTERRUPTED
     print(f"exported {fv.model} -> {result['out']} ({result['num_classes']} classes, "
           f"{result['image_size']} px)", file=sys.stderr)
     return cli_lib.EXIT_OK
@@ -225,8 +224,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from tinyimagenet_tfrecords import cli as _cli
-    from training import console as _console
-    _console.quiet_tensorflow()
+    from plumbing import cli as _cli
+    _cli.quiet_tensorflow()
     _define_flags()
     _cli.run(main, __name__)

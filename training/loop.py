@@ -42,13 +42,13 @@ import tensorflow as tf
 
 import augment
 import models
+from plumbing import paths
+from plumbing import progress
 from tinyimagenet_tfrecords import pipeline
 from training import batchnorm
 from training import cluster as cluster_lib
 from training import config as config_lib
-from training import console
 from training import evaluate as evaluate_lib
-from training import fileio
 from training import multiworker
 from training import optimizers as optimizers_lib
 from training import reports
@@ -100,7 +100,7 @@ def _model_image_size(cfg: config_lib.RunConfig) -> int | None:
 
 
 def _log(msg: str) -> None:
-    console.log(msg)
+    progress.log(msg)
 
 
 @dataclasses.dataclass
@@ -209,11 +209,11 @@ def _prepare_folder(cfg, strategy, chief: bool, flags_text: str) -> None:
     if not chief:
         return
     resuming = check_output_folder(cfg.out, fingerprint)
-    fileio.makedirs(cfg.out)
+    paths.makedirs(cfg.out)
     if not resuming:
-        reports.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
+        paths.atomic_write_json(os.path.join(cfg.out, CONFIG_NAME), fingerprint)
     if flags_text:
-        reports.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
+        paths.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
 
 
 def _warn_replicas(cfg, replicas: int) -> None:
@@ -394,7 +394,7 @@ def _finish(r: _Run, manifest: dict) -> dict:
     if not r.chief:
         return summary
     cfg = r.cfg
-    if fileio.isfile(r.best_path):
+    if paths.isfile(r.best_path):
         best = evaluate_lib.load_model(r.best_path)
         report = evaluate_lib.write_report(
             best, cfg.data, os.path.join(cfg.out, "eval"), manifest=manifest,
@@ -404,7 +404,7 @@ def _finish(r: _Run, manifest: dict) -> dict:
         summary.update(top1=report["top1"], top5=report["top5"],
                        worst_classes=[c["name"] for c in report["worst_classes"]])
         _log(reports.report_text(report).rstrip())
-    reports.atomic_write_json(os.path.join(cfg.out, "summary.json"), summary)
+    paths.atomic_write_json(os.path.join(cfg.out, "summary.json"), summary)
     return summary
 
 
@@ -435,8 +435,10 @@ def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_s
     """
     t0 = time.perf_counter()
     lr_now = _current_lr(optimizer)
-    bar = console.Progress(n_steps, batch_size=phase.batch_size, compiling=compiling,
-                           enabled=cfg.progress, prefix=f"epoch {epoch + 1}: ")
+    bar = progress.Progress(n_steps, per_step=phase.batch_size,
+                            wait_note=steps_lib.COMPILING if compiling else "",
+                            wait_done="compiled", enabled=cfg.progress,
+                            prefix=f"epoch {epoch + 1}: ")
     totals = dict.fromkeys(steps_lib.TRAIN_TOTALS, 0.0)
     chunk = max(1, min(cfg.steps_per_call, n_steps))
     done, t_start, images_timed = 0, None, 0
@@ -486,8 +488,8 @@ def _epoch_line(row: dict, total: int) -> str:
 
 
 def _write_history(out: str, history: list[dict]) -> None:
-    reports.atomic_write_text(os.path.join(out, "history.csv"), reports.history_csv(history))
-    reports.atomic_write_json(os.path.join(out, "history.json"), history)
+    paths.atomic_write_text(os.path.join(out, "history.csv"), reports.history_csv(history))
+    paths.atomic_write_json(os.path.join(out, "history.json"), history)
     reports.plot_curves(history, out)
 
 
@@ -495,7 +497,7 @@ def _save_model_atomic(model: keras.Model, path: str) -> None:
     """``model.save`` to a temporary ``.keras`` next to ``path``, then ``os.replace``."""
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     model.save(tmp)
-    fileio.replace(tmp, path)
+    paths.replace(tmp, path)
 
 
 def _export_best(r: _Run) -> None:

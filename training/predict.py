@@ -31,7 +31,7 @@ import sys
 import time
 import zipfile
 
-from training import fileio
+from plumbing import paths as paths_lib
 from training.errors import RunError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -55,30 +55,30 @@ def _zip_sources(path: str, data: bytes) -> list[Source]:
 
 def _folder_sources(path: str) -> list[Source]:
     found = []
-    if fileio.is_url(path):
+    if paths_lib.is_url(path):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         for root, _, files in tf.io.gfile.walk(path):
-            found += [fileio.join(root, f) for f in files]
+            found += [paths_lib.join(root, f) for f in files]
     else:
         for root, dirs, files in os.walk(path):
             dirs.sort()
             found += [os.path.join(root, f) for f in files]
-    return [Source(f, lambda f=f: fileio.read_bytes(f)) for f in sorted(found)
+    return [Source(f, lambda f=f: paths_lib.read_bytes(f)) for f in sorted(found)
             if _is_image_name(f)]
 
 
 def expand_path(path: str) -> tuple[list[Source], list[Failure]]:
     """The images a PATH stands for (see the module doc), or a failure naming it."""
     try:
-        if fileio.isdir(path):
+        if paths_lib.isdir(path):
             return _folder_sources(path), []
-        if not fileio.exists(path):
+        if not paths_lib.exists(path):
             return [], [Failure(path, "no such file or folder")]
         if path.lower().endswith(".zip"):
-            return _zip_sources(path, fileio.read_bytes(path)), []
+            return _zip_sources(path, paths_lib.read_bytes(path)), []
     except (OSError, zipfile.BadZipFile) as e:
         return [], [Failure(path, f"cannot read: {getattr(e, 'strerror', None) or e}")]
-    return [Source(path, lambda: fileio.read_bytes(path))], []
+    return [Source(path, lambda: paths_lib.read_bytes(path))], []
 
 
 def list_sources(paths, stdin=None) -> tuple[list[Source], list[Failure]]:
@@ -159,7 +159,7 @@ def load_predictor(model_path: str):
     ``.keras`` file (RunError naming it when it is neither)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from training import export  # pylint: disable=import-outside-toplevel
-    if fileio.isfile(fileio.join(model_path, "saved_model.pb")):
+    if paths_lib.isfile(paths_lib.join(model_path, "saved_model.pb")):
         try:
             serve = tf.saved_model.load(model_path).signatures[export.SIGNATURE_BYTES]
         except (KeyError, ValueError, OSError, tf.errors.OpError) as e:
@@ -249,7 +249,7 @@ def predict_files(model_path: str, paths, *, write, fmt: str = "csv", batch_size
     Returns:
       ``{"predicted": n, "failed": [Failure], "seconds": s}``.
     """
-    from training import console  # pylint: disable=import-outside-toplevel
+    from plumbing.progress import Progress  # pylint: disable=import-outside-toplevel
     report = on_failure or (lambda f: None)
     sources, failures = list_sources(paths, stdin)
     for f in failures:
@@ -257,8 +257,8 @@ def predict_files(model_path: str, paths, *, write, fmt: str = "csv", batch_size
     predictor = load_predictor(model_path)
     if fmt == "csv":
         write(csv_header())
-    bar = console.Progress(len(sources), batch_size=1, enabled=progress and len(sources) > batch_size,
-                           prefix="predict ")
+    bar = Progress(len(sources), enabled=progress and len(sources) > batch_size,
+                   prefix="predict ")
     t0, done, predicted = time.perf_counter(), 0, 0
     skipped = []
     for batch in _batches(sources, batch_size, {"min_size": min_size, "max_pixels": max_pixels},
@@ -292,8 +292,7 @@ def _summary_line(result: dict) -> str:
 def main(argv):
     """CLI: maps flags to :func:`predict_files`; exit status as in the module doc."""
     from absl import flags  # pylint: disable=import-outside-toplevel
-    from tinyimagenet_tfrecords import cli as cli_lib  # pylint: disable=import-outside-toplevel
-    from training import console  # pylint: disable=import-outside-toplevel
+    from plumbing import cli as cli_lib  # pylint: disable=import-outside-toplevel
     fv = flags.FLAGS
 
     def fail(msg, status):
@@ -304,7 +303,7 @@ def main(argv):
         return fail("give --model=SAVEDMODEL_DIR|MODEL.keras and at least one PATH "
                     "(an image, a folder, a .zip, a URL or - for a list on stdin)",
                     cli_lib.EXIT_BAD_INPUT)
-    console.import_tensorflow_quietly()
+    cli_lib.import_tensorflow_quietly()
     lines = []
     write = lines.append if fv.output else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     try:
@@ -314,14 +313,14 @@ def main(argv):
             on_failure=lambda f: print(f"predict: {f.label}: {f.reason}", file=sys.stderr,
                                        flush=True))
         if fv.output:
-            fileio.atomic_write_bytes(fv.output, "".join(lines).encode("utf-8"))
+            paths_lib.atomic_write_bytes(fv.output, "".join(lines).encode("utf-8"))
     except RunError as e:
         return fail(str(e).splitlines()[0], cli_lib.EXIT_BAD_INPUT)
     except OSError as e:
         return fail(f"{e.filename or fv.output or 'stdout'}: {e.strerror or e}",
                     cli_lib.EXIT_FAILURE)
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        return fail("interrupted", cli_lib.EXIT_INTERRUPTED)
     print(_summary_line(result), file=sys.stderr)
     if result["failed"] and not fv.skip_failures:
         return cli_lib.EXIT_FAILURE
@@ -345,11 +344,10 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from tinyimagenet_tfrecords import cli as _cli
-    from training import console as _console
+    from plumbing import cli as _cli
     # libjpeg's "Premature end of JPEG data" is a C++ ERROR log line; the file's own line
     # says it, so the C++ log is silenced entirely (its errors surface as exceptions).
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    _console.quiet_tensorflow()
+    _cli.quiet_tensorflow()
     _define_flags()
     _cli.run(main, __name__)

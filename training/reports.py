@@ -1,7 +1,7 @@
-"""Run outputs: atomic file writes, the per-epoch CSV, curves, and the evaluation report.
+"""Run outputs: the per-epoch CSV, curves, and the evaluation report.
 
 Every file is written to a temporary name in the same folder and moved into place
-(``training.fileio.atomic_write_bytes``), so a run killed at any moment leaves either the old
+(``plumbing.paths.atomic_write_bytes``), so a run killed at any moment leaves either the old
 or the new file, never a truncated one. Paths may be local or any ``tf.io.gfile`` URL; local
 files get the permissions the user's umask gives (not a temporary file's 0600).
 """
@@ -10,29 +10,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
-from training import fileio
+from plumbing import paths
 
 CSV_FIELDS = ("epoch", "phase", "image_size", "batch_size", "lr", "loss", "acc", "val_loss",
               "val_acc", "val_top5", "images_per_s", "seconds")
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` (local or URL) via a temporary file moved into place."""
-    fileio.atomic_write_bytes(path, data)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def history_csv(history: Sequence[dict]) -> str:
@@ -92,7 +78,7 @@ def plot_curves(history: Sequence[dict], out_dir: str) -> list[str]:
 def _save_fig(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    paths.atomic_write_bytes(path, buf.getvalue())
 
 
 def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, classes: Sequence[dict]

@@ -17,7 +17,7 @@ import os
 import re
 import socket
 
-from training import fileio
+from plumbing import paths
 from training.errors import RunError, RunFailure
 
 CONFIG_NAME = "config.json"
@@ -33,12 +33,12 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
       RunError: ``out`` is a file, or holds a ``config.json`` with other settings, or holds
         files but no ``config.json`` (not a run folder: nothing is overwritten).
     """
-    if fileio.exists(out) and not fileio.isdir(out):
+    if paths.exists(out) and not paths.isdir(out):
         raise RunError(f"--out={out} is a file, not a folder")
     path = os.path.join(out, CONFIG_NAME)
-    if fileio.isfile(path):
+    if paths.isfile(path):
         try:
-            old = json.loads(fileio.read_text(path))
+            old = json.loads(paths.read_text(path))
         except json.JSONDecodeError:
             raise RunError(f"{path}: not valid JSON; not a run folder of this program")
         if old != fingerprint:
@@ -46,7 +46,7 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
             raise RunError(f"--out={out} holds another run (settings differ: {', '.join(diff)}); "
                            "use a new --out or the same flags to resume")
         return True
-    if fileio.isdir(out) and set(fileio.listdir(out)) - {LOCK_NAME, CLASSES_NAME}:
+    if paths.isdir(out) and set(paths.listdir(out)) - {LOCK_NAME, CLASSES_NAME}:
         raise RunError(f"--out={out} is not empty and holds no {CONFIG_NAME}; "
                        "refusing to write into it")
     return False
@@ -55,9 +55,9 @@ def check_output_folder(out: str, fingerprint: dict) -> bool:
 def check_classes(out: str, wnids: list[str]) -> None:
     """Refuses to resume a run on a build with other classes (``classes.json`` differs)."""
     path = os.path.join(out, CLASSES_NAME)
-    if not fileio.isfile(path):
+    if not paths.isfile(path):
         return
-    old = json.loads(fileio.read_text(path)).get("wnids")
+    old = json.loads(paths.read_text(path)).get("wnids")
     if old != list(wnids):
         raise RunError(f"{path}: this run was trained on {len(old or ())} other classes than "
                        f"the build's {len(wnids)}; use the build it was started on")
@@ -74,19 +74,19 @@ def last_checkpoint_epoch(out: str) -> int:
 def remove_checkpoint_temps(out: str) -> list[str]:
     """Removes the ``ckpt-N_temp*`` folders a failed checkpoint write leaves behind."""
     pattern = os.path.join(out, CHECKPOINTS, "*_temp*")
-    if fileio.is_url(out):
+    if paths.is_url(out):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         temps = tf.io.gfile.glob(pattern)
     else:
         temps = glob.glob(pattern)
     for path in temps:
-        fileio.rmtree(path) if fileio.isdir(path) else _unlink(path)
+        paths.rmtree(path) if paths.isdir(path) else _unlink(path)
     return temps
 
 
 def _unlink(path: str) -> None:
     try:
-        if fileio.is_url(path):
+        if paths.is_url(path):
             import tensorflow as tf  # pylint: disable=import-outside-toplevel
             tf.io.gfile.remove(path)
         else:
@@ -125,7 +125,7 @@ class RunLock:
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
-        if fileio.is_url(self.path):
+        if paths.is_url(self.path):
             # Object stores have no exclusive create: refuse a lock held elsewhere, then take it
             # (a race between two starts within moments is not caught there).
             holder = self._read()
@@ -134,7 +134,7 @@ class RunLock:
                     f"--out={os.path.dirname(self.path)} is in use by another training (pid "
                     f"{holder.get('pid')} on {holder.get('host')}, lock {self.path}); wait for "
                     "it or delete the lock if that run is gone")
-            fileio.atomic_write_bytes(self.path, json.dumps(me).encode("utf-8"))
+            paths.atomic_write_bytes(self.path, json.dumps(me).encode("utf-8"))
             self.held = True
             return
         for _ in range(2):
@@ -158,9 +158,9 @@ class RunLock:
 
     def _read(self) -> dict:
         try:
-            if fileio.is_url(self.path) and not fileio.exists(self.path):
+            if paths.is_url(self.path) and not paths.exists(self.path):
                 return {}
-            data = json.loads(fileio.read_text(self.path))
+            data = json.loads(paths.read_text(self.path))
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -199,14 +199,13 @@ class RunFolder:
             check_classes(self.out, self.wnids)
         self.fresh = not self.resuming
         try:
-            if not fileio.isdir(self.out):
-                fileio.makedirs(self.out)
+            if not paths.isdir(self.out):
+                paths.makedirs(self.out)
                 self.created = True
             self.lock.acquire()
             classes = os.path.join(self.out, CLASSES_NAME)
-            if not fileio.isfile(classes):
-                from training import reports  # pylint: disable=import-outside-toplevel
-                reports.atomic_write_json(classes, {"wnids": self.wnids})
+            if not paths.isfile(classes):
+                paths.atomic_write_json(classes, {"wnids": self.wnids})
         except OSError as e:
             self._cleanup()
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -227,14 +226,14 @@ class RunFolder:
     def _cleanup(self) -> None:
         if not self.lock.held:  # another process owns the folder: touch nothing of it
             if self.created:
-                fileio.rmtree(self.out)
+                paths.rmtree(self.out)
             return
         remove_checkpoint_temps(self.out)
-        if self.fresh and fileio.isdir(self.out) and not last_checkpoint_epoch(self.out):
+        if self.fresh and paths.isdir(self.out) and not last_checkpoint_epoch(self.out):
             if self.created:
-                fileio.rmtree(self.out)
+                paths.rmtree(self.out)
             else:
-                for name in fileio.listdir(self.out):
+                for name in paths.listdir(self.out):
                     path = os.path.join(self.out, name)
-                    fileio.rmtree(path) if fileio.isdir(path) else _unlink(path)
+                    paths.rmtree(path) if paths.isdir(path) else _unlink(path)
         self.lock.release()

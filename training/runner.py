@@ -17,10 +17,10 @@ import errno
 import os
 import re
 
+from plumbing import paths
 from tinyimagenet_tfrecords import manifest as manifest_lib
 from training import cluster as cluster_lib
 from training import config as config_lib
-from training import fileio
 from training import run_folder
 from training import shards
 from training.errors import Interrupted, RunError, RunFailure, with_checkpoint_note
@@ -103,7 +103,7 @@ def finish_best_model(cfg: config_lib.RunConfig, manifest: dict, summary: dict) 
     it as a SavedModel into ``<out>/export`` (``summary["export"]`` says where)."""
     from training import classes, export  # pylint: disable=import-outside-toplevel
     best = os.path.join(cfg.out, "best.keras")
-    if not fileio.isfile(best):
+    if not paths.isfile(best):
         return
     wnids, names = classes.classes_from_manifest(manifest)
     classes.embed(best, classes.info(wnids, names, cfg.val_image_size))

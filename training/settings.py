@@ -21,8 +21,8 @@ from typing import Any, Iterable
 
 from absl import flags
 
+from plumbing import paths
 from training import config as config_lib
-from training import fileio
 
 # Flags that do not apply without --make_synthetic_data (train_main defines them).
 SYNTHETIC_FLAGS = ("synthetic_classes", "synthetic_train_per_class", "synthetic_val_per_class")
@@ -165,7 +165,7 @@ def config_from_flags(values: flags.FlagValues, argv: list[str], *,
     kwargs = {f.name: values[f.name].value for f in config_lib.flag_fields(config_cls)}
     for key in ("data", "out"):
         if kwargs[key]:
-            kwargs[key] = fileio.abspath(kwargs[key])  # URLs (gs://, ram://, ...) unchanged
+            kwargs[key] = paths.abspath(kwargs[key])  # URLs (gs://, ram://, ...) unchanged
     return config_cls(phases=phases, **kwargs)
 
 

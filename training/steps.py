@@ -32,6 +32,12 @@ import augment
 TRAIN_TOTALS = ("ce_sum", "correct", "count", "reg_sum", "steps")
 EVAL_TOTALS = ("ce_sum", "top1", "top5", "count")
 
+# What the progress line says while the first call of a new train step traces and compiles
+# it (seconds to minutes): a figure measured on this project's 2 loaded CPU cores (README).
+COMPILING = ("compiling the train step (the first step includes it; an augmented phase "
+             "typically takes about 1-2.5 min on 2 CPU cores, and --noxla or aug=none trial "
+             "runs compile faster on a CPU)...")
+
 
 def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     """How many classes score strictly higher than the true one (0 = top-1 hit).

@@ -1,8 +1,10 @@
-"""The command-line convention of the data tools: absl flags, exit 2 for usage, 1 for failures.
+"""The command-line convention of every tool: absl flags, exit 2 for usage, 1 for failures.
 
-Every tool's ``main(argv)`` maps its flags to one library call with explicit arguments and
-returns :data:`EXIT_OK`, :data:`EXIT_FAILURE` (a failure while running) or
-:data:`EXIT_BAD_INPUT` (bad input or usage); :func:`run` starts it so that ``--help`` lists
+Every tool's ``main(argv)`` (the data tools, ``augment.grid``, ``train_main``, evaluation,
+export, predictions, the benchmarks) maps its flags to one library call with explicit
+arguments and returns :data:`EXIT_OK`, :data:`EXIT_FAILURE` (a failure while running),
+:data:`EXIT_BAD_INPUT` (bad input or usage) or :data:`EXIT_INTERRUPTED` (Ctrl-C, as a shell
+reports SIGINT); :func:`run` starts it so that ``--help`` lists
 the tool's flags even under a console-script wrapper and exits 0 (absl alone exits 1), a flag
 error is one line and exit 2 (absl alone exits 1), and output into a closed pipe
 (``--help | head -1``) ends quietly instead of with a ``BrokenPipeError`` traceback.
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import typing
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # TensorFlow's start-up lines that say nothing about this run (some printed once per loaded
 # library, so twice): dropped by :func:`import_tensorflow_quietly`.
