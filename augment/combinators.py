@@ -67,7 +67,7 @@ def on_subset(images: tf.Tensor, chosen: tf.Tensor, fn, chunk: int = CHUNK) -> t
 
     def body(i, out):
         start = i * chunk
-        rows = tf.where(start + slots < count, order[start:start + chunk], batch)
+        rows = tf.where(start + slots < count, tf.slice(order, [start], [chunk]), batch)
         src = tf.minimum(rows, batch - 1)
         result = fn(tf.gather(images, src), src)
         return i + 1, tf.tensor_scatter_nd_update(out, rows[:, None], result)
