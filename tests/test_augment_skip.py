@@ -105,3 +105,46 @@ def test_nested_combinators_are_bit_identical_to_baseline_under_xla():
         for seed in SEEDS[:2]:
             seed = tf.constant(seed, tf.int32)
             _assert_same(f_new(x, seed), f_old(x, seed), f"{name} XLA seed {seed}")
+
+
+def _mark_rows(x, rows):
+    """A stand-in op: every pixel of a row becomes its batch row index + 1."""
+    return tf.zeros_like(x) + tf.cast(rows + 1, tf.float32)[:, None, None, None]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 32])
+def test_on_subset_renders_exactly_the_chosen_rows_with_their_own_row_index(chunk):
+    from augment.combinators import on_subset
+    x = tf.fill([7, 2, 2, 1], -1.0)
+    for chosen in ([0, 1, 0, 1, 1, 0, 1], [0] * 7, [1] * 7, [1, 0, 0, 0, 0, 0, 0]):
+        mask = tf.constant(np.array(chosen, bool))
+        out = on_subset(x, mask, _mark_rows, chunk=chunk).numpy()[:, 0, 0, 0]
+        want = [i + 1.0 if c else -1.0 for i, c in enumerate(chosen)]
+        np.testing.assert_array_equal(out, want)
+
+
+def test_on_subset_compiles_with_static_shapes_under_xla():
+    from augment.combinators import on_subset
+    f = tf.function(lambda x, m: on_subset(x, m, _mark_rows, chunk=2), jit_compile=True)
+    out = f(tf.fill([5, 2, 2, 1], -1.0), tf.constant([True, True, False, True, False]))
+    np.testing.assert_array_equal(out.numpy()[:, 0, 0, 0], [1, 2, -1, 4, -1])
+
+
+def _apply_only(base):
+    """A user op written the old way (apply only): its combinator must fall back."""
+
+    class ApplyOnly(base):
+        def apply(self, images, seed):
+            return images + augment.core.uniform([tf.shape(images)[0], 1, 1, 1], seed, 1.0, 50.)
+
+    return ApplyOnly()
+
+
+def test_ops_with_only_apply_fall_back_to_computing_every_image():
+    new = augment.Sometimes(0.5, augment.Sequential([_apply_only(augment.Augmenter),
+                                                     augment.Multiply((0.5, 2))]))
+    old = old_comb.Sometimes(0.5, old_comb.Sequential([_apply_only(old_comb.Augmenter),
+                                                       old_photo.Multiply((0.5, 2))]))
+    assert not new.can_split()
+    x = _images(9, size=8)
+    _assert_same(new(x, [3, 1]), old(x, [3, 1]), "apply-only child")
