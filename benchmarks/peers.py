@@ -331,7 +331,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    """Coordinator (default) or one peer (``--worker``); 2 bad usage, 1 failed, 3 skipped."""
+    """Coordinator (default) or one peer (``--worker``).
+
+    Exit status: 0 done (skipped peers are notes), 2 bad usage, 1 when every peer failed,
+    130 interrupted; a worker exits 3 when its library is not installed.
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         try:
@@ -356,7 +360,8 @@ def main(argv=None) -> int:
             print(f"  - {line}")
     print(json.dumps({"benchmark": "peers", "recipe": args.recipe, "batch": args.batch,
                       "cpus": os.cpu_count(), **figures}))
-    return 0
+    failed = [n for n in figures["notes"] if " failed " in n]
+    return 1 if failed and not figures["results"] else 0
 
 
 if __name__ == "__main__":
