@@ -147,7 +147,8 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
             "optimizer": optimizer, "replicas": replicas, "steps": steps,
             "images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps,
             "first_call_s": first_call_s, "first_call_cpu_s": first_call_cpu_s,
-            "augment_code": "baseline" if baseline else "current", "loss": ce_sum / count + reg_sum / steps,
+            "augment_code": "baseline" if baseline else "current",
+            "loss": ce_sum / count + reg_sum / steps,
             "params": int(model.count_params())}
 
 

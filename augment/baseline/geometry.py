@@ -45,8 +45,8 @@ import tensorflow as tf
 from augment.baseline import core, params
 from augment.baseline.core import uniform, uniform_int, xla_safe_seed
 from augment.baseline.params import ALL
-from augment.baseline.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine, materialize,
-                          remap_index, resize_taps, warp_affine)
+from augment.baseline.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine,
+                                   materialize, remap_index, resize_taps, warp_affine)
 
 __all__ = [
     "PAD_MODES", "fliplr", "flipud", "crop_and_pad", "affine", "affine_matrix", "flip_matrix",

@@ -30,8 +30,8 @@ from augment.baseline.combinators import Identity, Sequential, SomeOf, Sometimes
 from augment.baseline.core import Augmenter
 from augment.baseline.geometry import Affine, CropAndPad, Fliplr, Flipud
 from augment.baseline.params import ALL
-from augment.baseline.photometric import (AdditiveGaussianNoise, CoarseDropout, ContrastNormalization,
-                                 GaussianBlur, Multiply)
+from augment.baseline.photometric import (AdditiveGaussianNoise, CoarseDropout,
+                                          ContrastNormalization, GaussianBlur, Multiply)
 
 
 def student_net2() -> Augmenter:
