@@ -171,7 +171,13 @@ class Sometimes(Combinator):
 
 
 def _render_rows(child, images, chosen, params, dtype):
-    """``child`` rendered on the ``chosen`` rows only, each with its own parameters."""
+    """``child`` rendered on the ``chosen`` rows only, each with its own parameters.
+
+    Ops that say a subset does not pay (``SUBSET_PAYS``) are rendered on every image and
+    selected, which gives the same pixels.
+    """
+    if not child.SUBSET_PAYS:
+        return _select(chosen, render_child(child, images, params, dtype), images)
     return on_subset(images, chosen, lambda x, rows: render_child(
         child, x, take_rows(params, rows), dtype))
 

@@ -158,6 +158,10 @@ class Augmenter:
     ``SomeOf`` render only the images they change while each image keeps its own draws.
     """
 
+    # False for ops cheaper than moving a subset of images in and out (flips, per-pixel
+    # multiplies): a Sometimes/SomeOf then renders them on every image and selects.
+    SUBSET_PAYS = True
+
     def __call__(self, images, seed):
         images = tf.convert_to_tensor(images)
         dtype = images.dtype
