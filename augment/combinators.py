@@ -79,6 +79,8 @@ def on_subset(images: tf.Tensor, chosen: tf.Tensor, fn, chunk: int = CHUNK) -> t
 class Combinator(Augmenter):
     """An Augmenter made of children; keeps the caller's dtype semantics down the tree."""
 
+    SUBSET_PAYS = True
+
     def __call__(self, images, seed):
         images = tf.convert_to_tensor(images)
         return from_float(self.apply_as(to_float(images), as_seed(seed), images.dtype),

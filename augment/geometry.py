@@ -268,7 +268,6 @@ def compose(*matrices):
 
 class _Flip(core.Augmenter):
     _axis = "x"
-    SUBSET_PAYS = False  # a reverse and a select cost less than gathering a subset
 
     def __init__(self, p: float = 0.5):
         self.p = core.check_probability(p, f"{type(self).__name__} p")

@@ -205,8 +205,6 @@ class Multiply(PixelAugmenter):
       per_channel: bool, or the fraction of images that draw one multiplier per channel.
     """
 
-    SUBSET_PAYS = False  # a few elementwise ops per pixel: cheaper than gathering a subset
-
     ROUNDING = "floor"
 
     def __init__(self, mul=(0.8, 1.2), per_channel=False):
@@ -228,8 +226,6 @@ class LinearContrast(PixelAugmenter):
       alpha: a number, ``(a, b)`` (uniform) or a list (one of them), per image.
       per_channel: bool, or the fraction of images that draw one alpha per channel.
     """
-
-    SUBSET_PAYS = False  # a few elementwise ops per pixel: cheaper than gathering a subset
 
     ROUNDING = "floor"
 
@@ -255,8 +251,6 @@ class AdditiveGaussianNoise(PixelAugmenter):
     ``per_channel`` false (imgaug's default) one noise value per pixel is shared by all
     channels; a float is the fraction of images that get independent noise per channel.
     """
-
-    SUBSET_PAYS = False  # a few elementwise ops per pixel: cheaper than gathering a subset
 
     def __init__(self, loc=0, scale=0.05 * 255, per_channel=False):
         self.loc = params.check(loc, "AdditiveGaussianNoise loc")
@@ -468,8 +462,6 @@ class CoarseDropout(PixelAugmenter):
       per_channel: bool, or the fraction of images with one mask per channel.
       min_size: the smallest mask side in cells (imgaug: 3).
     """
-
-    SUBSET_PAYS = False  # a few elementwise ops per pixel: cheaper than gathering a subset
 
     def __init__(self, p=(0.02, 0.1), size_percent=(0.02, 0.05), per_channel=False,
                  min_size=3):
