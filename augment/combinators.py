@@ -6,7 +6,9 @@ images are moved to the front (a stable argsort of the coin flips) and rendered 
 chunks in a ``tf.while_loop`` until all are done, each chunk with the rows of the parameters
 its images own (:func:`on_subset`). Shapes stay static for XLA and every image gets exactly the
 draws, and so the pixels, it got when the whole batch was computed and ``tf.where`` picked.
-Children that only implement ``apply`` fall back to that: computed for all, then selected.
+This is done for children that are themselves combinators (a chain: ``student_net2``); a
+single op says through ``SUBSET_PAYS`` that it is cheaper to compute it for every image and
+select (measured; README), and children that only implement ``apply`` fall back to that too.
 ``Sequential(random_order=True)`` draws one permutation per batch (an argsort of stateless
 uniforms) and runs position ``i`` through ``tf.switch_case(perm[i])``, so only one op per
 position executes.
