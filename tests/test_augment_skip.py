@@ -62,6 +62,13 @@ def _small_trees(lib_comb, lib_geo, lib_photo):
             lib_comb.Sometimes(0.4, lib_photo.CoarseDropout((0.1, 0.3), size_percent=0.1,
                                                             per_channel=0.5)),
         ], random_order=True)),
+        "chain_of_every_other_op": lib_comb.Sometimes(0.6, lib_comb.Sequential([
+            lib_photo.AdditiveGaussianNoise(scale=10.0), blur(), lib_geo.Flipud(0.5),
+            lib_geo.CropAndPad(percent=(-0.25, 0.25), pad_mode="ALL", pad_cval=(0, 255)),
+            lib_photo.LinearContrast((0.5, 1.5), per_channel=0.5)])),
+        "someof_of_chains": lib_comb.SomeOf((0, None), [
+            lib_comb.Sequential([lib_photo.Multiply((0.5, 1.5)), blur()]),
+            lib_geo.Affine(scale=(0.5, 1.5), mode="ALL")]),
         "someof": lib_comb.SomeOf((0, None), [
             lib_photo.AdditiveGaussianNoise(scale=10.0),
             lib_geo.CropAndPad(percent=(-0.25, 0.25), pad_mode="ALL", pad_cval=(0, 255)),
