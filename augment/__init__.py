@@ -14,7 +14,11 @@ Public API (see docs/CONTRACTS.md):
   ``AugmentLayer``.
 
 Every op and recipe is a callable ``aug(images, seed)`` on uint8 or float ``[B, H, W, C]``
-pixels in 0..255 with an int32 ``[2]`` seed, returning the same dtype and shape.
+pixels in 0..255 with an int32 ``[2]`` seed, returning the same dtype and shape. Ops also
+split into ``draw(seed, batch, shape)`` (every random parameter, whole batch) and
+``render(images, params)`` (pixels, any rows), so combinators compute only the images they
+change with the draws each image would have had (``augment.baseline`` is the old code, kept
+as the reference for bit-identity).
 """
 
 from augment.combinators import Identity, Sequential, SomeOf, Sometimes

@@ -281,13 +281,17 @@ class _Flip(core.Augmenter):
         return flip_matrix(flip, width if self._axis == "x" else height, self._axis)
 
 
+    def draw(self, seed, batch, shape):
+        return self.sample_params(seed, batch)
+
+
 class Fliplr(_Flip):
     """imgaug ``Fliplr(p)``: mirror left-right with probability ``p`` per image."""
 
     _axis = "x"
 
-    def apply(self, images, seed):
-        return fliplr(images, self.sample_params(seed, tf.shape(images)[0])["flip"])
+    def render(self, images, params):
+        return fliplr(images, params["flip"])
 
 
 class Flipud(_Flip):
@@ -295,8 +299,8 @@ class Flipud(_Flip):
 
     _axis = "y"
 
-    def apply(self, images, seed):
-        return flipud(images, self.sample_params(seed, tf.shape(images)[0])["flip"])
+    def render(self, images, params):
+        return flipud(images, params["flip"])
 
 
 class CropAndPad(core.Augmenter):
@@ -364,9 +368,12 @@ class CropAndPad(core.Augmenter):
         }
         return {k: materialize(v) for k, v in drawn.items()}
 
-    def apply(self, images, seed):
-        height, width = _spatial(images)
-        p = self.sample_params(seed, tf.shape(images)[0], height, width)
+    def draw(self, seed, batch, shape):
+        return self.sample_params(seed, batch, shape[0], shape[1])
+
+    def render(self, images, params):
+        _spatial(images)
+        p = params
         mode = self._modes[0] if len(self._modes) == 1 else p["pad_mode"]
         return crop_and_pad(images, p["top"], p["right"], p["bottom"], p["left"], mode,
                             p["pad_cval"])
@@ -463,14 +470,18 @@ class Affine(core.Augmenter):
     def sample_matrix(self, seed, batch, height, width):
         return self._matrix(self.sample_params(seed, batch), height, width)
 
-    def apply(self, images, seed):
-        height, width = _spatial(images)
-        channels = images.shape[3] or 3
-        drawn = self.sample_params(seed, tf.shape(images)[0], channels)
-        order = self._orders[0] if len(self._orders) == 1 else drawn["order"]
-        mode = self._modes[0] if len(self._modes) == 1 else drawn["mode"]
-        return affine(images, self._matrix(drawn, height, width), order=order, mode=mode,
-                      cval=drawn["cval"])
+    def draw(self, seed, batch, shape):
+        height, width, channels = shape
+        if height is None or width is None:
+            raise ValueError(f"geometric ops need static height and width, got {shape}")
+        drawn = self.sample_params(seed, batch, channels or 3)
+        return {"matrix": self._matrix(drawn, height, width), "order": drawn["order"],
+                "mode": drawn["mode"], "cval": drawn["cval"]}
+
+    def render(self, images, params):
+        order = self._orders[0] if len(self._orders) == 1 else params["order"]
+        mode = self._modes[0] if len(self._modes) == 1 else params["mode"]
+        return affine(images, params["matrix"], order=order, mode=mode, cval=params["cval"])
 
 
 class FusedGeometry(core.Augmenter):
@@ -493,19 +504,29 @@ class FusedGeometry(core.Augmenter):
         """The seed each child gets (``[n, 2]``): the same draws as running it alone."""
         return core.split_seed(seed, max(len(self.children), 1))
 
-    def apply(self, images, seed):
-        height, width = _spatial(images)
-        batch = tf.shape(images)[0]
+    def draw(self, seed, batch, shape):
+        height, width, channels = shape
+        if height is None or width is None:
+            raise ValueError(f"geometric ops need static height and width, got {shape}")
         seeds = self.child_seeds(seed)
         matrices = [c.sample_matrix(seeds[i], batch, height, width)
                     for i, c in enumerate(self.children)]
         if not matrices:
-            return images
-        order, mode, cval = 1, MODE_CONSTANT, 0.0
+            return {}
+        drawn = {"matrix": compose(*matrices), "cval": tf.zeros([batch, 1])}
         for i, child in enumerate(self.children):
             if isinstance(child, Affine):
-                p = child.sample_params(seeds[i], batch, images.shape[3] or 3)
-                order = child._orders[0] if len(child._orders) == 1 else p["order"]
-                mode = child._modes[0] if len(child._modes) == 1 else p["mode"]
-                cval = p["cval"]
-        return warp_affine(images, compose(*matrices), order=order, mode=mode, cval=cval)
+                p = child.sample_params(seeds[i], batch, channels or 3)
+                drawn.update(order=p["order"], mode=p["mode"], cval=p["cval"], last=i)
+        return drawn
+
+    def render(self, images, params):
+        if not params:
+            return images
+        order, mode = 1, MODE_CONSTANT
+        if "last" in params:
+            child = self.children[params["last"]]
+            order = child._orders[0] if len(child._orders) == 1 else params["order"]
+            mode = child._modes[0] if len(child._modes) == 1 else params["mode"]
+        return warp_affine(images, params["matrix"], order=order, mode=mode,
+                           cval=params["cval"])

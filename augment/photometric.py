@@ -102,11 +102,10 @@ def sample_per_channel(seed, batch: int | tf.Tensor, channels: int, spec, per_ch
     return tf.where(per_ch, values, values[:, :1])
 
 
-def _channels(images: tf.Tensor) -> int:
-    c = images.shape[-1]
-    if c is None:
+def _static_channels(shape) -> int:
+    if shape[-1] is None:
         raise ValueError("augment ops need a static channel count")
-    return int(c)
+    return int(shape[-1])
 
 
 def _dim(images: tf.Tensor, axis: int):
@@ -212,10 +211,12 @@ class Multiply(PixelAugmenter):
         self.mul = params.check(mul, "Multiply mul")
         self.per_channel = check_probability(per_channel, "Multiply per_channel")
 
-    def apply(self, images, seed):
-        mul = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.mul,
-                                 self.per_channel)
-        return multiply_values(images, _per_image(mul))
+    def draw(self, seed, batch, shape):
+        return {"mul": sample_per_channel(seed, batch, _static_channels(shape), self.mul,
+                                          self.per_channel)}
+
+    def render(self, images, params):
+        return multiply_values(images, _per_image(params["mul"]))
 
 
 class LinearContrast(PixelAugmenter):
@@ -232,10 +233,12 @@ class LinearContrast(PixelAugmenter):
         self.alpha = params.check(alpha, "LinearContrast alpha")
         self.per_channel = check_probability(per_channel, "LinearContrast per_channel")
 
-    def apply(self, images, seed):
-        alpha = sample_per_channel(seed, tf.shape(images)[0], _channels(images), self.alpha,
-                                   self.per_channel)
-        return contrast_values(images, _per_image(alpha))
+    def draw(self, seed, batch, shape):
+        return {"alpha": sample_per_channel(seed, batch, _static_channels(shape), self.alpha,
+                                            self.per_channel)}
+
+    def render(self, images, params):
+        return contrast_values(images, _per_image(params["alpha"]))
 
 
 ContrastNormalization = LinearContrast
@@ -254,12 +257,12 @@ class AdditiveGaussianNoise(PixelAugmenter):
         self.scale = params.check(scale, "AdditiveGaussianNoise scale", low=0)
         self.per_channel = check_probability(per_channel, "AdditiveGaussianNoise per_channel")
 
-    def apply(self, images, seed):
+    def draw(self, seed, batch, shape):
+        """The noise itself, whole batch: its layout in the generator depends on the batch."""
         s_scale, s_noise, s_pc = tf.unstack(split_seed(seed, 3))
-        batch = tf.shape(images)[0]
         scale = params.sample(s_scale, [batch], self.scale)
-        channels = _channels(images) if self.per_channel else 1
-        noise = normal(s_noise, tf.concat([tf.shape(images)[:3], [channels]], 0))
+        channels = _static_channels(shape) if self.per_channel else 1
+        noise = normal(s_noise, tf.stack([batch, shape[0], shape[1], channels]))
         if self.per_channel:
             shared = bernoulli(s_pc, [batch], self.per_channel)
             noise = tf.where(shared[:, None, None, None], noise, noise[..., :1])
@@ -267,7 +270,10 @@ class AdditiveGaussianNoise(PixelAugmenter):
         if self.loc != 0:  # a draw only where imgaug's default loc=0 is changed
             loc = params.sample(fold_seed(s_scale, 1), [batch], self.loc)
             noise = noise + loc[:, None, None, None]
-        return tf.clip_by_value(images + noise, 0.0, 255.0)
+        return {"noise": noise}
+
+    def render(self, images, params):
+        return tf.clip_by_value(images + params["noise"], 0.0, 255.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,9 +384,11 @@ class GaussianBlur(PixelAugmenter):
         self.sigma = params.check(sigma, "GaussianBlur sigma", low=0)
         self._max_ksize = max_blur_kernel_size(float(max(params.values(sigma))))
 
-    def apply(self, images, seed):
-        sigma = params.sample(seed, [tf.shape(images)[0]], self.sigma)
-        return _blur_float(images, sigma, self._max_ksize)
+    def draw(self, seed, batch, shape):
+        return {"sigma": params.sample(seed, [batch], self.sigma)}
+
+    def render(self, images, params):
+        return _blur_float(images, params["sigma"], self._max_ksize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,12 +473,11 @@ class CoarseDropout(PixelAugmenter):
             raise ValueError(f"CoarseDropout min_size: expected an int >= 1, got {min_size!r}")
         self.min_size = min_size
 
-    def apply(self, images, seed):
-        height, width = images.shape[1], images.shape[2]
+    def draw(self, seed, batch, shape):
+        height, width, channels = shape
         if height is None or width is None:
             raise ValueError("CoarseDropout needs static image height and width")
-        height, width, channels = int(height), int(width), _channels(images)
-        batch = tf.shape(images)[0]
+        height, width, channels = int(height), int(width), _static_channels(shape)
         s_p, s_size, s_pc, s_cells = tf.unstack(split_seed(seed, 4))
         p = params.sample(s_p, [batch], self.p)
         frac = params.sample(s_size, [batch, 2], self.size_percent)
@@ -482,5 +489,9 @@ class CoarseDropout(PixelAugmenter):
         cells = uniform([batch, h_max, w_max, channels], s_cells)
         keep = tf.cast(cells >= p[:, None, None, None], tf.float32)
         per_ch = bernoulli(s_pc, [batch, 1, 1, 1], self.per_channel)
-        keep = tf.where(per_ch, keep, keep[..., :1])
-        return images * _upsample_mask(keep, h_low, w_low, height, width)
+        return {"keep": tf.where(per_ch, keep, keep[..., :1]), "h_low": h_low, "w_low": w_low}
+
+    def render(self, images, params):
+        height, width = int(images.shape[1]), int(images.shape[2])
+        return images * _upsample_mask(params["keep"], params["h_low"], params["w_low"],
+                                       height, width)

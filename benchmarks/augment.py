@@ -1,14 +1,18 @@
 """Throughput of the augmentation recipes and of each op, with and without XLA.
 
     python -m benchmarks.augment [--batch 256 --size 64 --recipes student_net2,original_net2,\
-original_net1 --seconds 5 --ops --blur --modes xla,graph]
+original_net1 --seconds 5 --ops --blur --modes xla,graph --before --profile]
 
 Times the product's own code: each recipe comes from ``augment.get_recipe`` and each op is the
 ``augment`` class the recipes use, wrapped in ``tf.function(jit_compile=...)`` exactly as the
 train step (XLA) or ``tf.data`` (graph) runs it, a fresh seed per call so nothing is cached.
 Prints the machine, a table, and one final JSON line with every figure: images/s (wall
 clock), images per CPU-second of this process (all threads; steadier than wall clock on a
-shared machine) and the first call's seconds (tracing + XLA compilation).
+shared machine), CPU-us per image (the same figure inverted) and the first call's seconds
+(tracing + XLA compilation). ``--before`` also times each recipe as ``augment.baseline`` (the
+code before issue 19: every image through every op, then selected) in the same run;
+``--profile`` prints each op's CPU-us per image alone and its share inside each recipe (the
+recipe minus the same recipe without that op), under XLA.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 import augment
-from augment import photometric
+import augment.baseline
+from augment import combinators, photometric
 
 
 def single_ops() -> dict:
@@ -88,6 +93,37 @@ def blur_variants(max_ksize: int = 5) -> dict:
             "blur/depthwise_conv2d": depthwise}
 
 
+def op_list(recipe):
+    """``(holder, children)`` of the list of ops a recipe is built from (through Sometimes)."""
+    node = recipe
+    while isinstance(node, combinators.Sometimes):
+        node = node.then_list
+    children = getattr(node, "children", None)
+    return (node, children) if children else (None, [])
+
+
+def ablations(name: str) -> dict:
+    """``{op: recipe without that op}`` for the recipe ``name`` (one per op of its list)."""
+    out = {}
+    count = len(op_list(augment.get_recipe(name))[1])
+    for i in range(count):
+        recipe = augment.get_recipe(name)
+        holder, children = op_list(recipe)
+        label = op_label(children[i])
+        holder.children = children[:i] + children[i + 1:]
+        if isinstance(holder, combinators.SomeOf):
+            holder._counts = combinators._counts(holder.n, len(holder.children))
+        out[f"{name} - {label}"] = recipe
+    return out
+
+
+def op_label(op) -> str:
+    """A short name of an op, through a per-op Sometimes: ``Sometimes(Affine)``."""
+    if isinstance(op, combinators.Sometimes):
+        return f"Sometimes({op_label(op.then_list)})"
+    return type(op).__name__
+
+
 def machine() -> dict:
     """What ran the benchmark: host, CPU count, TensorFlow version and devices."""
     return {"host": platform.node(), "platform": platform.platform(),
@@ -101,10 +137,11 @@ def machine() -> dict:
 def measure(fn, images, seconds: float, jit_compile: bool, seed_input: bool = True) -> dict:
     """images/s of ``fn(images, seed)`` over about ``seconds``, plus the first-call time."""
     compiled = tf.function(fn, jit_compile=jit_compile, autograph=False)
-    start = time.perf_counter()
+    start, cpu_first = time.perf_counter(), time.process_time()
     arg = tf.constant([0, 0], tf.int32) if seed_input else tf.zeros([images.shape[0]])
     compiled(images, arg).numpy()
     first = time.perf_counter() - start
+    first_cpu = time.process_time() - cpu_first
     calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         arg = (tf.constant([calls + 1, 7], tf.int32) if seed_input
@@ -119,11 +156,31 @@ def measure(fn, images, seconds: float, jit_compile: bool, seed_input: bool = Tr
     cpu = time.process_time() - cpu_start
     count = calls * int(images.shape[0])
     return {"images_per_s": count / elapsed, "images_per_cpu_s": count / max(cpu, 1e-9),
-            "compile_s": first, "calls": calls}
+            "cpu_us_per_image": 1e6 * cpu / count, "compile_s": first,
+            "compile_cpu_s": first_cpu, "calls": calls}
+
+
+def targets_for(recipe_names, with_ops: bool, with_blur: bool, before: bool,
+                profile: bool) -> list:
+    """``(name, fn, seeded)`` of everything to time, recipes first, each before its baseline."""
+    targets = []
+    for name in recipe_names:
+        targets.append((name, augment.get_recipe(name), True))
+        if before:
+            targets.append((f"{name} (before)", augment.baseline.get_recipe(name), True))
+    if with_ops or profile:
+        targets += [(name, op, True) for name, op in single_ops().items()]
+    if with_blur:
+        targets += [(name, fn, False) for name, fn in blur_variants().items()]
+    if profile:
+        for name in recipe_names:
+            targets += [(label, recipe, True) for label, recipe in ablations(name).items()]
+    return targets
 
 
 def run_bench(batch: int, size: int, recipe_names, seconds: float, with_ops: bool,
-              with_blur: bool, modes=("xla", "graph"), seed: int = 0, out=sys.stdout) -> list:
+              with_blur: bool, modes=("xla", "graph"), seed: int = 0, out=sys.stdout,
+              before: bool = False, profile: bool = False) -> list:
     """Every measurement as a row ``{name, mode, images_per_s, images_per_cpu_s, ...}``.
 
     Raises:
@@ -132,26 +189,45 @@ def run_bench(batch: int, size: int, recipe_names, seconds: float, with_ops: boo
     bad = [m for m in modes if m not in ("xla", "graph")]
     if bad:
         raise ValueError(f"--modes: unknown mode(s) {bad}; use xla and/or graph")
-    targets = [(name, augment.get_recipe(name), True) for name in recipe_names]
+    targets = targets_for(recipe_names, with_ops, with_blur, before, profile)
     rng = np.random.default_rng(seed)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     floats = tf.cast(images, tf.float32)
-    if with_ops:
-        targets += [(name, op, True) for name, op in single_ops().items()]
-    if with_blur:
-        targets += [(name, fn, False) for name, fn in blur_variants().items()]
-    print(f"{'name':28s} {'mode':5s} {'images/s':>10s} {'img/cpu-s':>10s} "
-          f"{'first call s':>12s}", file=out, flush=True)
+    print(f"{'name':40s} {'mode':5s} {'images/s':>10s} {'img/cpu-s':>10s} {'cpu-us/img':>10s} "
+          f"{'first call s':>12s} {'(cpu s)':>8s}", file=out, flush=True)
     rows = []
     for name, fn, seeded in targets:
         for mode in modes:
             result = measure(fn, images if seeded else floats, seconds, mode == "xla",
                              seed_input=seeded)
             rows.append({"name": name, "mode": mode, **result})
-            print(f"{name:28s} {mode:5s} {result['images_per_s']:10.0f} "
-                  f"{result['images_per_cpu_s']:10.0f} {result['compile_s']:12.2f}",
-                  file=out, flush=True)
+            print(f"{name:40s} {mode:5s} {result['images_per_s']:10.0f} "
+                  f"{result['images_per_cpu_s']:10.0f} {result['cpu_us_per_image']:10.1f} "
+                  f"{result['compile_s']:12.2f} {result['compile_cpu_s']:8.2f}", file=out,
+                  flush=True)
+    if profile:
+        print_profile(rows, recipe_names, out)
     return rows
+
+
+def print_profile(rows, recipe_names, out=sys.stdout) -> None:
+    """Per op: CPU-us per image alone, and inside each recipe (recipe minus recipe without it)."""
+    cost = {(r["name"], r["mode"]): r["cpu_us_per_image"] for r in rows}
+    print("\nprofile: CPU-us per image (share in a recipe = recipe - recipe without the op)",
+          file=out)
+    for mode in sorted({r["mode"] for r in rows}):
+        for name in recipe_names:
+            total = cost.get((name, mode))
+            for row in rows:
+                prefix = f"{name} - "
+                if row["mode"] != mode or not row["name"].startswith(prefix) or total is None:
+                    continue
+                share = total - row["cpu_us_per_image"]
+                print(f"  {mode:5s} {name:14s} {row['name'][len(prefix):]:28s} "
+                      f"{share:8.1f} of {total:.1f}", file=out)
+    print("  alone (whole batch): " + ", ".join(
+        f"{r['name']} {r['cpu_us_per_image']:.1f}" for r in rows
+        if r["name"] in single_ops() and r["mode"] == "xla"), file=out, flush=True)
 
 
 def main(argv) -> int:
@@ -172,7 +248,8 @@ def main(argv) -> int:
         return 2
     try:
         rows = run_bench(f.batch, f.size, names, f.seconds, f.ops, f.blur,
-                         modes=tuple(m for m in f.modes.split(",") if m))
+                         modes=tuple(m for m in f.modes.split(",") if m), before=f.before,
+                         profile=f.profile)
     except ValueError as e:
         print(f"benchmarks.augment: error: {e}", file=sys.stderr)
         return 2
@@ -195,6 +272,10 @@ def _define_flags() -> None:
     flags.DEFINE_bool("ops", True, "Also measure each single op.")
     flags.DEFINE_bool("blur", False, "Also compare blur formulations (matmul/slices/depthwise).")
     flags.DEFINE_string("modes", "xla,graph", "xla (jit_compile=True) and/or graph (False).")
+    flags.DEFINE_bool("before", False, "Also time each recipe as before issue 19 "
+                      "(augment.baseline), in the same run.")
+    flags.DEFINE_bool("profile", False, "CPU-us per image per op, alone and inside each "
+                      "recipe (times each recipe once without each op).")
 
 
 def cli() -> None:
@@ -204,7 +285,8 @@ def cli() -> None:
     cli_lib.run(main, __name__)
 
 
-__all__ = ["blur_variants", "machine", "measure", "run_bench", "single_ops"]
+__all__ = ["ablations", "blur_variants", "machine", "measure", "op_list", "print_profile",
+           "run_bench", "single_ops", "targets_for"]
 
 if __name__ == "__main__":
     cli()

@@ -11,7 +11,8 @@ What it times is what Keras' ``ImageDataGenerator.flow_from_directory`` with the
 size if needed, convert to a float32 array, call ``Image_augmentation`` (the seed report's
 Figure 9, which builds its imgaug ``Sequential`` anew for every image), and stack a batch.
 Figure 9's ``pad_mode='nearest'`` and ``mode='nearest'`` are not imgaug pad modes; as in
-``augment.recipes.student_net2`` we use constant padding with a random fill and ``edge``.
+``augment.recipes.student_net2`` (the recipe we train with) both are ``constant`` with a random
+fill colour per image.
 
     python benchmarks/old_way_imgaug.py --src tiny-imagenet-200 --seconds 10
 """
@@ -40,7 +41,7 @@ def image_augmentation(input_img):
         iaa.Affine(scale={"x": (0.8, 1.2), "y": (0.8, 1.2)},
                    translate_percent={"x": (-0.15, 0.15), "y": (-0.15, 0.15)},
                    rotate=(-30, 30), shear=(-15, 15), order=[0, 1], cval=(0, 255),
-                   mode="edge"),
+                   mode="constant"),
         iaa.CoarseDropout((0.03, 0.15), size_percent=(0.02, 0.05), per_channel=0.2),
         iaa.Multiply((0.9, 1.1), per_channel=0.25),
         iaa.ContrastNormalization((0.75, 1.5), per_channel=0.5)], random_order=True))

@@ -85,11 +85,12 @@ def product_optimizer(name: str, precision: str, learning_rate: float):
 def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps: int,
                     warmup: int, xla: bool, precision: str, width: float = 1.0,
                     recipe: str = "none", optimizer: str = "adam", learning_rate: float = 1e-3,
-                    num_classes: int = 200, seed: int = 0) -> dict:
+                    num_classes: int = 200, seed: int = 0, baseline: bool = False) -> dict:
     """Times ``steps`` product train steps after ``warmup`` (compilation) steps.
 
     The global dtype policy is ``precision`` while the model is built and run, and is restored
-    afterwards.
+    afterwards. ``baseline`` takes the recipe from ``augment.baseline`` (the code before
+    issue 19), to compare compile times in one run.
 
     Returns:
       One result row: images/s, ms per step, first-call seconds, the mean training loss of the
@@ -100,6 +101,7 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
     import tensorflow as tf
 
     import augment
+    import augment.baseline
     import models
     from training import steps as steps_lib
     from training import strategy as strategy_lib
@@ -124,12 +126,15 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
             lambda ctx: tf.data.Dataset.from_tensors(
                 (images[:per_replica], labels[:per_replica])).repeat().prefetch(4))
         step = steps_lib.make_train_step(
-            model, opt, strategy, recipe=None if recipe == "none" else augment.get_recipe(recipe),
+            model, opt, strategy,
+            recipe=None if recipe == "none" else (augment.baseline if baseline else
+                                                  augment).get_recipe(recipe),
             global_batch_size=batch_size, base_seed=seed, xla=xla)
         it = iter(dist)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         step.run(it, tf.constant(max(warmup, 1), tf.int32)).numpy()  # .numpy() waits
         first_call_s = time.perf_counter() - t0
+        first_call_cpu_s = time.process_time() - cpu0
         t0 = time.perf_counter()
         totals = step.run(it, tf.constant(steps, tf.int32)).numpy()
         seconds = time.perf_counter() - t0
@@ -141,13 +146,15 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
             "width": width, "augment": recipe, "xla": xla, "precision": precision,
             "optimizer": optimizer, "replicas": replicas, "steps": steps,
             "images_per_s": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps,
-            "first_call_s": first_call_s, "loss": ce_sum / count + reg_sum / steps,
+            "first_call_s": first_call_s, "first_call_cpu_s": first_call_cpu_s,
+            "augment_code": "baseline" if baseline else "current",
+            "loss": ce_sum / count + reg_sum / steps,
             "params": int(model.count_params())}
 
 
 def run_benchmark(names, *, image_size: int, batch_size: int, steps: int, warmup: int,
                   precisions, width: float, recipe: str, xla_modes=(True, False),
-                  printer=print) -> dict:
+                  printer=print, baseline: bool = False) -> dict:
     """Times every (model, XLA, precision) setting, printing a table row as each finishes."""
     printer(TABLE_HEADER)
     results = []
@@ -156,11 +163,12 @@ def run_benchmark(names, *, image_size: int, batch_size: int, steps: int, warmup
             for precision in precisions:
                 r = time_train_step(name, image_size=image_size, batch_size=batch_size,
                                     steps=steps, warmup=warmup, xla=xla, precision=precision,
-                                    width=width, recipe=recipe)
+                                    width=width, recipe=recipe, baseline=baseline)
                 results.append(r)
                 printer(f"| {r['model']} | {image_size} | {batch_size} | {recipe} | "
                         f"{'on' if xla else 'off'} | {precision} | {r['images_per_s']:,.1f} | "
-                        f"{r['step_ms']:.1f} | {r['first_call_s']:.1f} |")
+                        f"{r['step_ms']:.1f} | {r['first_call_s']:.1f} "
+                        f"({r['first_call_cpu_s']:.1f} CPU) |")
     machine = describe_machine()
     printer("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     return {"machine": machine, "results": results}
@@ -178,6 +186,9 @@ def _define_flags():
     flags.DEFINE_string("augment", "none", "augmentation recipe inside the step")
     flags.DEFINE_list("precisions", [], "Keras dtype policies; default float32 (+ "
                       "mixed_float16 on GPU)")
+    flags.DEFINE_bool("baseline_augment", False, "take --augment from augment.baseline (the "
+                      "code before issue 19) to compare compile times")
+    flags.DEFINE_list("xla", ["on", "off"], "XLA settings to time (on, off)")
 
 
 def main(argv):
@@ -194,6 +205,8 @@ def main(argv):
             _usage(f"--models: unknown model {name!r}; expected some of {models.NAMES}")
     if f.augment != "none" and f.augment not in augment.RECIPE_NAMES:
         _usage(f"--augment={f.augment}: one of none, {', '.join(augment.RECIPE_NAMES)}")
+    if not f.xla or any(x not in ("on", "off") for x in f.xla):
+        _usage(f"--xla={','.join(f.xla)}: on and/or off")
     if f.image_size % 8:
         _usage(f"--image_size={f.image_size}: must be a multiple of 8")
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -205,6 +218,7 @@ def main(argv):
         f.models, image_size=f.image_size, batch_size=f.batch_size,
         steps=f.steps or (100 if on_gpu else 1), warmup=f.warmup or (5 if on_gpu else 1),
         precisions=precisions, width=f.width, recipe=f.augment,
+        xla_modes=tuple(x == "on" for x in f.xla), baseline=f.baseline_augment,
         printer=lambda line: print(line, flush=True))
     print(json.dumps(summary))
 

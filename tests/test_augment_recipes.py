@@ -425,3 +425,13 @@ def test_bench_command_prints_machine_table_and_one_json_line():
     assert result["results"][0]["images_per_s"] > 0
     status, _, _, lines = _finish_module(bad)
     assert status == 2 and len(lines) == 1 and "nope" in lines[0], lines
+
+
+def test_old_way_imgaug_baseline_uses_the_border_modes_of_student_net2():
+    import inspect
+    from benchmarks import old_way_imgaug
+    source = inspect.getsource(old_way_imgaug.image_augmentation)
+    affine = [op for op in augment.get_recipe("student_net2").then_list.children
+              if isinstance(op, augment.Affine)][0]
+    assert affine.mode == "constant"
+    assert 'mode="constant"' in source and 'mode="edge"' not in source
