@@ -68,8 +68,20 @@ def test_help_lists_the_flags_and_exits_0(fresh_flags, monkeypatch, capsys, modu
 
 def test_every_benchmark_command_is_checked():
     benchmarks = {name[:-3] for name in os.listdir(os.path.join(ROOT, "benchmarks"))
-                  if name.endswith(".py") and name not in ("__init__.py", "old_way_imgaug.py")}
+                  if name.endswith(".py") and name not in ARGPARSE_BENCHMARKS + ("__init__.py",)}
     assert {f"benchmarks.{b}" for b in benchmarks} <= {m for m, _ in TOOLS}
+
+
+# Run inside other venvs (imgaug's, the peers'), which have no absl: argparse, same statuses.
+ARGPARSE_BENCHMARKS = ("old_way_imgaug.py", "peers.py")
+
+
+@pytest.mark.parametrize("name", ARGPARSE_BENCHMARKS)
+def test_argparse_benchmarks_help_exits_0(name):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), "--help"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
 
 
 @pytest.mark.parametrize("command", [
