@@ -233,7 +233,7 @@ _LEGACY_TRAIN_ORDER = {
 
 def _labels(ds, n=None):
     ds = ds.take(n) if n is not None else ds
-    return [int(v) for element in ds for v in element[1].numpy()]
+    return [int(v) for element in ds for v in np.asarray(element[1])]
 
 
 def _assert_legacy_training_order(folder, shards, parts, start, pids=None):
