@@ -6,7 +6,7 @@
 Peers, each run in its own process one after another on the same JPEG files (the ``train``
 images of ``--src``, in one fixed order, batches of ``--batch`` at 64 px):
 
-- ``ours_raw`` / ``ours_jpeg``: ``tinyimagenet_tfrecords.pipeline.make_dataset`` (training,
+- ``ours_raw`` / ``ours_jpeg``: ``tinyimagenet_tfrecords.pipeline.training_stream`` (training,
   the recipe XLA-compiled inside tf.data) on a raw and a jpeg build of those files;
 - ``keras``: Keras 3 preprocessing layers on a tf.data pipeline that decodes the JPEGs;
 - ``albumentations``: OpenCV loading and ``albumentations.Compose`` per image in a
@@ -130,10 +130,11 @@ def cycled_batches(files: list, batch: int):
 
 def ours_batches(data: str, batch: int, recipe_name: str):
     import augment  # pylint: disable=import-outside-toplevel
+    from tinyimagenet_tfrecords import manifest  # pylint: disable=import-outside-toplevel
     from tinyimagenet_tfrecords import pipeline  # pylint: disable=import-outside-toplevel
     recipe = None if recipe_name == "none" else augment.get_recipe(recipe_name)
-    ds = pipeline.make_dataset(data, "train", batch_size=batch, image_size=64, training=True,
-                               augment=recipe)
+    ds = pipeline.training_stream(manifest.open_build(data), batch_size=batch, image_size=64,
+                                  seed=0, augment=recipe)
     return (b[0] for b in iter(ds))
 
 

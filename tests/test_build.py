@@ -1109,8 +1109,8 @@ def test_verify_and_the_pipeline_decode_with_the_same_function(tmp_path, monkeyp
     # Pixel for pixel, what verify decoded is what the pipeline yields.
     verified = {e["filename"]: e["pixels"] for e in read_split(str(out), "train")}
     monkeypatch.setattr(features, "decode_image", real)
-    x, _ = next(iter(pipeline.make_dataset(str(out), "train", batch_size=100, image_size=16,
-                                           training=False)))
+    x, _ = next(iter(pipeline.eval_dataset(manifest_lib.open_build(str(out)), "train",
+                                           batch_size=100, image_size=16)))
     got = sorted(a.tobytes() for a in x.numpy())
     assert got == sorted(a.tobytes() for a in verified.values())
 
@@ -1126,7 +1126,8 @@ def test_build_to_a_gfile_url_verifies_and_reads_in_the_pipeline(tmp_path):
     assert manifest_lib.load_manifest(url) == manifest
     assert verify.verify_build(url) == {"train": 12, "val": 6, "test": 3}
     manifest_lib.check_shards(url, manifest, ["train", "val", "test"])
-    x, _ = next(iter(pipeline.make_dataset(url, "val", batch_size=6, image_size=16)))
+    x, _ = next(iter(pipeline.eval_dataset(manifest_lib.open_build(url), "val", batch_size=6,
+                                           image_size=16)))
     assert x.shape == (6, 16, 16, 3)
     assert verify.run(url) == 0
     assert build_quiet(src, url, storage="raw", download_dir=str(tmp_path)) == manifest  # again

@@ -45,17 +45,19 @@ def _code_signature(fn) -> str:
 
 
 @pytest.mark.parametrize("module, name", [
-    ("tinyimagenet_tfrecords.pipeline", "make_dataset"),
-    ("tinyimagenet_tfrecords.pipeline", "make_input_fn"),
     ("tinyimagenet_tfrecords.build", "build_dataset"),
     ("tinyimagenet_tfrecords.manifest", "check_shards"),
     ("tinyimagenet_tfrecords.verify", "find_corrupt_shards"),
+    ("tinyimagenet_tfrecords.verify", "find_corrupt_files"),
     ("tinyimagenet_tfrecords.features", "decode_image"),
     ("augment", "step_seed"),
     ("augment", "register_recipe"),
     ("models", "build"),
     ("training.steps", "make_train_step"),
     ("training.optimizers", "make_optimizer"),
+    ("training.evaluate", "evaluate_model"),
+    ("training.evaluate", "predict_probabilities"),
+    ("training.evaluate", "write_report"),
 ])
 def test_contracts_give_each_public_signature_as_the_code_has_it(module, name):
     fn = getattr(importlib.import_module(module), name)

@@ -22,11 +22,10 @@ def record_ids(ds, n):
 
 
 def stream(build, start, *, seed=7, pipelines=1, pid=0):
-    manifest = manifest_lib.load_manifest(build)
-    files = manifest_lib.shard_paths(build, manifest, "train")
-    part = pipeline.part_size(manifest, "train", pipelines, pid)
+    train = manifest_lib.open_build(build).split("train")
+    part = train.part_size(pipelines, pid)
     return part, pipeline.training_records(
-        files, seed=seed, start_example=start, part=part, deterministic=True,
+        train.paths, seed=seed, start_example=start, part=part, deterministic=True,
         num_input_pipelines=pipelines, input_pipeline_id=pid, shuffle_buffer=10_000)
 
 
@@ -62,15 +61,13 @@ def test_input_pipelines_together_cover_each_pass_once(synthetic_build):
         assert sum(map(len, sets)) == 1000 and len(set.union(*sets)) == 1000
 
 
-def test_make_dataset_start_example_continues_the_batches(synthetic_build):
-    kw = dict(batch_size=10, image_size=16, training=True, seed=3)
-    full = [y.numpy().tolist() for _, y in pipeline.make_dataset(
-        synthetic_build, "train", **kw).take(104)]
-    later = [y.numpy().tolist() for _, y in pipeline.make_dataset(
-        synthetic_build, "train", start_example=990, **kw).take(5)]
+def test_training_stream_start_example_continues_the_batches(synthetic_build):
+    build = manifest_lib.open_build(synthetic_build)
+    kw = dict(batch_size=10, image_size=16, seed=3)
+    full = [y.numpy().tolist() for _, y in pipeline.training_stream(build, **kw).take(104)]
+    later = [y.numpy().tolist() for _, y in pipeline.training_stream(
+        build, start_example=990, **kw).take(5)]
     assert later == full[99:104]
-    with pytest.raises(ValueError, match="start_example"):
-        pipeline.make_dataset(synthetic_build, "val", batch_size=10, start_example=5)
 
 
 # --- the fit loop consumes the stream --------------------------------------------------------
@@ -88,12 +85,10 @@ def _spy_on_streams(monkeypatch):
     """Records, per training stream the loop builds, its start and the labels it delivers."""
     from tinyimagenet_tfrecords import pipeline
     streams = []
-    real = pipeline.make_dataset
+    real = pipeline.training_stream
 
-    def spy(build_dir, split, **kwargs):
-        ds = real(build_dir, split, **kwargs)
-        if split != "train":
-            return ds
+    def spy(build, **kwargs):
+        ds = real(build, **kwargs)
         seen = []
         streams.append((kwargs.get("start_example"), kwargs["batch_size"], seen))
 
@@ -106,7 +101,7 @@ def _spy_on_streams(monkeypatch):
             out.set_shape(y.shape)
             return x, out
         return ds.map(record)
-    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    monkeypatch.setattr(pipeline, "training_stream", spy)
     return streams
 
 

@@ -40,21 +40,21 @@ def saved_model(test_build, tmp_path_factory):
     model = models.build("net2", num_classes=3, image_size=16, width=0.0625)
     path = str(run / "best.keras")
     model.save(path)
-    wnids = [c["wnid"] for c in manifest_lib.load_manifest(test_build)["classes"]]
+    wnids = list(manifest_lib.open_build(test_build).wnids)
     (run / "classes.json").write_text(json.dumps({"wnids": wnids}))
     return path
 
 
 def test_model_trained_on_other_classes_is_refused(test_build, saved_model, tmp_path):
     from tinyimagenet_tfrecords import manifest as manifest_lib
-    manifest = manifest_lib.load_manifest(test_build)
-    evaluate.check_classes(saved_model, 3, manifest, test_build)
+    build = manifest_lib.open_build(test_build)
+    evaluate.check_classes(saved_model, 3, build)
     other = tmp_path / "copy.keras"
     other.write_bytes(b"")
     (tmp_path / "copy.keras.classes.json").write_text(
         json.dumps({"wnids": ["n00000001", "n00000002", "n00000003"]}))
     with pytest.raises(RunError, match=r"copy.keras.classes.json: .*differ.*not in the build"):
-        evaluate.check_classes(str(other), 3, manifest, test_build)
+        evaluate.check_classes(str(other), 3, build)
 
 
 def test_model_input_size_is_used():

@@ -23,6 +23,19 @@ from training.errors import RunError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 WNIDS = [f"n{i:08d}" for i in range(10)]
+
+
+def _class_build(folder, classes):
+    """An opened build holding only ``classes`` (``(wnid, name)`` in label order)."""
+    from tinyimagenet_tfrecords import features
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    os.makedirs(folder, exist_ok=True)
+    manifest = {"schema_version": features.SCHEMA_VERSION, "storage": "raw", "splits": {},
+                "classes": [{"label": i, "wnid": w, "name": n}
+                            for i, (w, n) in enumerate(classes)]}
+    with open(os.path.join(folder, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return manifest_lib.open_build(str(folder))
 NAMES = [f"class {i}, the {i}th" for i in range(10)]
 
 
@@ -90,11 +103,10 @@ def test_evaluate_checks_the_embedded_class_list_without_any_classes_json(tiny_k
     from training import evaluate
     model = str(tmp_path / "alone.keras")
     shutil.copy(tiny_keras, model)
-    manifest = {"classes": [{"label": i, "wnid": w, "name": w} for i, w in enumerate(WNIDS)]}
-    evaluate.check_classes(model, 10, manifest, "build")
-    other = {"classes": [{"label": i, "wnid": f"x{i}", "name": ""} for i in range(10)]}
+    evaluate.check_classes(model, 10, _class_build(tmp_path / "b1", [(w, w) for w in WNIDS]))
+    other = _class_build(tmp_path / "b2", [(f"x{i}", "") for i in range(10)])
     with pytest.raises(RunError, match=r"alone\.keras: the model was trained on 10 classes"):
-        evaluate.check_classes(model, 10, other, "build")
+        evaluate.check_classes(model, 10, other)
 
 
 # --- preprocessing equal to evaluation's -------------------------------------------------------
@@ -287,8 +299,8 @@ def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
         sample_dir, sample_build, tmp_path):
     from tinyimagenet_tfrecords import manifest as manifest_lib
     from training import evaluate, export
-    manifest = manifest_lib.load_manifest(sample_build)
-    wnids, names = classes_lib.classes_from_manifest(manifest)
+    build = manifest_lib.open_build(sample_build)
+    wnids, names = classes_lib.classes_from_build(build)
     keras_path = str(tmp_path / "best.keras")
     _peaked_tiny_model(len(wnids)).save(keras_path)
     classes_lib.embed(keras_path, classes_lib.info(wnids, names, 32))
@@ -300,7 +312,7 @@ def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
     by_bytes = np.asarray(served["bytes"]["probabilities"], np.float32)
     by_pixels = np.asarray(served["pixels"]["probabilities"], np.float32)
     ev_names, ev_probs = evaluate.predict_probabilities(
-        evaluate.load_model(keras_path), sample_build, manifest, split="val", image_size=32)
+        evaluate.load_model(keras_path), build, split="val", image_size=32)
     order = {os.path.basename(f): i for i, f in enumerate(files)}
     by_eval = np.zeros_like(by_bytes)
     by_eval[[order[n] for n in ev_names]] = ev_probs
@@ -331,8 +343,8 @@ def test_training_the_demo_leaves_an_export_tensorflow_alone_serves(tmp_path):
          f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((data / "manifest.json").read_text())
-    wnids, names = classes_lib.classes_from_manifest(manifest)
+    from tinyimagenet_tfrecords import manifest as manifest_lib
+    wnids, names = classes_lib.classes_from_build(manifest_lib.open_build(str(data)))
     assert classes_lib.embedded(str(out / "best.keras"))["wnids"] == wnids
     image = tmp_path / "photo.jpg"
     image.write_bytes(encode(random_image(120, 90), "JPEG"))
@@ -349,11 +361,10 @@ def test_runner_embeds_the_class_list_and_skips_the_export_when_turned_off(tiny_
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(tiny_keras, out / "best.keras")
-    manifest = {"classes": [{"label": i, "wnid": w, "name": f"name {w}"}
-                            for i, w in enumerate(WNIDS[::-1])]}
+    build = _class_build(tmp_path / "build", [(w, f"name {w}") for w in WNIDS[::-1]])
     cfg = config_lib.RunConfig(data="d", out=str(out), export=False, val_image_size=48)
     summary = {}
-    runner.finish_best_model(cfg, manifest, summary)
+    runner.finish_best_model(cfg, build, summary)
     record = classes_lib.embedded(str(out / "best.keras"))
     assert (record["wnids"], record["names"][0], record["image_size"]) == (
         WNIDS[::-1], f"name {WNIDS[-1]}", 48)

@@ -16,13 +16,15 @@ def _copy_tree_to(src: str, dst: str) -> None:
         tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
 
 
-def test_manifest_loads_from_a_gfile_url_and_names_a_missing_one(synthetic_build):
+def test_build_opens_from_a_gfile_url_and_names_a_missing_one(synthetic_build):
     from tinyimagenet_tfrecords import manifest as manifest_lib
     _copy_tree_to(synthetic_build, "ram://manifest-test/build")
-    m = manifest_lib.load_manifest("ram://manifest-test/build")
-    assert m["splits"]["train"]["num_examples"] == 1000
+    build = manifest_lib.open_build("ram://manifest-test/build")
+    assert build.split("train").num_examples == 1000
+    assert build.split("train").paths[0].startswith("ram://manifest-test/build/")
+    build.check_shards(("train", "val"))
     with pytest.raises(manifest_lib.BuildError, match="ram://nowhere"):
-        manifest_lib.load_manifest("ram://nowhere/build")
+        manifest_lib.open_build("ram://nowhere/build")
 
 
 @pytest.mark.slow

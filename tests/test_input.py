@@ -1,6 +1,6 @@
 """Tests of the graph-mode input pipeline (tinyimagenet_tfrecords.pipeline): its two readers
 of an opened build, ``training_stream`` and ``eval_dataset`` (``tests/test_readers.py`` checks
-that they equal the legacy ``make_dataset``, whose own extras are tested here until it goes).
+that they keep the order of the legacy ``make_dataset`` they replaced).
 
 Most tests use small builds written here with ``features.serialize_example`` (so they can hold
 odd cases the real data lacks: PNG, non-64 sizes, raw storage) whose labels are unique per
@@ -147,8 +147,6 @@ def test_missing_unfinished_and_other_schema_builds_raise_build_error(tmp_path, 
         _open(str(other))
     with pytest.raises(manifest_lib.BuildError, match="not built"):
         _eval(png_build[0], "test", batch_size=4)
-    with pytest.raises(manifest_lib.BuildError, match="schema"):  # the legacy reader too
-        pipeline.make_dataset(str(other), "val", batch_size=4)
 
 
 def test_invalid_arguments_are_rejected(png_build):
@@ -160,10 +158,8 @@ def test_invalid_arguments_are_rejected(png_build):
         _eval(png_build[0], batch_size=4, input_pipeline_id=2, num_input_pipelines=2)
     with pytest.raises(TypeError):
         _train(png_build[0], batch_size=4, augment="flip")
-    with pytest.raises(TypeError):
-        pipeline.make_dataset(png_build[0], "val", batch_size=4, augment="flip")
-    with pytest.raises(TypeError):
-        pipeline.make_input_fn(png_build[0], "train", global_batch_size=8, batch_size=4)
+    with pytest.raises(TypeError):  # the evaluation reader has no augmentation
+        _eval(png_build[0], batch_size=4, augment="flip")
 
 
 # ------------------------------------------------------------------------------ eval order ---
@@ -285,24 +281,6 @@ def test_augment_gets_a_stateless_seed_per_batch_from_seed_pipeline_and_index(pn
     assert not np.array_equal(other_pipeline, pipeline.batch_seed(7, 0, 0).numpy())
 
 
-def test_legacy_cache_keeps_eval_batches_and_still_reshuffles_training_epochs(png_build):
-    build = png_build[0]
-    x0, y0 = _collect(pipeline.make_dataset(build, "val", batch_size=6))
-    cached = pipeline.make_dataset(build, "val", batch_size=6, cache=True)
-    for _ in range(2):  # the second pass reads the cache
-        x1, y1 = _collect(cached)
-        np.testing.assert_array_equal(x0, x1)
-        np.testing.assert_array_equal(y0, y1)
-    ds = pipeline.make_dataset(build, "train", batch_size=10, cache=True)
-    labels = np.concatenate([y.numpy() for _, y in ds.take(6)])
-    epochs = labels.reshape(3, N)
-    for e in epochs:
-        assert sorted(e) == list(range(N))
-    assert epochs[0].tolist() != epochs[1].tolist()
-    images = next(iter(ds))[0].numpy()
-    assert images.dtype == np.uint8 and images.shape == (10, 64, 64, 3)
-
-
 # --------------------------------------------------------------------- graph has no Python ---
 
 def _graph_ops(ds) -> set:
@@ -319,7 +297,7 @@ def test_pipeline_graph_has_no_python_functions(png_build):
     build = png_build[0]
     for ds in [_train(build, batch_size=4, augment=flip, deterministic=False),
                _eval(build, batch_size=4, image_size=32, with_filenames=True),
-               pipeline.make_dataset(build, "train", batch_size=4, augment=flip, cache=True)]:
+               _eval(build, batch_size=4, image_size=32, interleave=False)]:
         ops = _graph_ops(ds)
         assert "ParseExample" in ops or "ParseExampleV2" in ops  # the walk sees functions
         assert not ops & PY_OPS, ops & PY_OPS
@@ -371,26 +349,27 @@ _MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tinyimagenet_tfrecords import pipeline
+    from tinyimagenet_tfrecords import manifest, pipeline
+    from training import multiworker
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    for split in ("val", "train"):
-        fn = pipeline.make_input_fn(sys.argv[1], split, global_batch_size=8, image_size=16,
-                                    repeat=False)
-        dist = strategy.distribute_datasets_from_function(fn)
-        per_replica = [[], []]
-        shapes = set()
-        for images, labels in dist:
-            for r, (x, y) in enumerate(zip(strategy.experimental_local_results(images),
-                                           strategy.experimental_local_results(labels))):
-                per_replica[r] += y.numpy().tolist()
-                shapes.add(tuple(x.shape))
-        print(json.dumps({"replicas": strategy.num_replicas_in_sync, "labels": per_replica,
-                          "shapes": sorted(shapes)}))
+    build = manifest.open_build(sys.argv[1])
+    # Per-replica batches of 8 / 2; 3 steps stay within one pass of each replica's part.
+    fn = multiworker.per_replica_input_fn(lambda n, i: pipeline.training_stream(
+        build, batch_size=4, image_size=16, seed=0, num_input_pipelines=n,
+        input_pipeline_id=i).take(3))
+    per_replica, shapes = [[], []], set()
+    for images, labels in strategy.distribute_datasets_from_function(fn):
+        for r, (x, y) in enumerate(zip(strategy.experimental_local_results(images),
+                                       strategy.experimental_local_results(labels))):
+            per_replica[r] += y.numpy().tolist()
+            shapes.add(tuple(x.shape))
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "labels": per_replica,
+                      "shapes": sorted(shapes)}))
 """)
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path):
+def test_mirrored_strategy_replicas_read_disjoint_parts_of_the_training_stream(tmp_path):
     # Logical devices must be configured before TF initialises them: a fresh process keeps
     # that away from every other test in this pytest run.
     write_build(tmp_path, [_image(i, 16, 16) for i in range(36)], shards=3)
@@ -398,18 +377,14 @@ def test_mirrored_strategy_delivers_each_example_to_exactly_one_replica(tmp_path
     out = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = [json.loads(line) for line in out.stdout.strip().splitlines()[-2:]]
-    for split, result in zip(("val", "train"), results):
-        assert result["replicas"] == 2
-        a, b = result["labels"]
-        assert a and b  # both replicas get data
-        assert not set(a) & set(b)
-        total = sorted(a + b)
-        if split == "val":
-            assert total == list(range(36))
-        else:  # training drops the remainder of the global batch: 36 // 8 steps of 2 x 4
-            assert len(total) == 32 and len(set(total)) == 32
-        assert [4, 16, 16, 3] in result["shapes"]  # per-replica batch = 8 / 2
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    a, b = result["labels"]
+    assert a and b  # both replicas get data
+    assert not set(a) & set(b)  # replica r reads part r: shards 0 and 2, shard 1
+    assert sorted(b) == list(range(1, 36, 3))  # 3 steps x 4 = all of shard 1
+    assert len(a) == 12 and set(a) <= {i for i in range(36) if i % 3 != 1}
+    assert result["shapes"] == [[4, 16, 16, 3]]  # per-replica batch = 8 / 2
 
 
 # ---------------------------------------------------------- the real sample, real converter ---

@@ -1,6 +1,7 @@
 """A build is opened once (``manifest.open_build``) and read by two readers
-(``pipeline.training_stream``, ``pipeline.eval_dataset``) whose batches are bit-identical to
-the legacy ``pipeline.make_dataset`` for the same arguments (issue 17, items 1 and 2).
+(``pipeline.training_stream``, ``pipeline.eval_dataset``) that keep the order of the legacy
+``pipeline.make_dataset`` they replaced (issue 17, items 1 and 2): the training stream's
+orders below were recorded from it before its removal, the evaluation order is its rule.
 
 The builds are test_input's small ones (labels unique per example), written here in both
 storages.
@@ -9,6 +10,7 @@ storages.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -111,8 +113,6 @@ def test_part_sizes_follow_the_readers_sharding(build_dir, one_shard_dir):
     assert [one.part_size(3, p) for p in range(3)] == [7, 7, 6]  # every 3rd example
     assert [manifest_lib.part_size_of([3, 9], 2, p) for p in range(2)] == [3, 9]
     assert [manifest_lib.part_size_of([3, 9], 3, p) for p in range(3)] == [4, 4, 4]
-    raw = json.load(open(os.path.join(one_shard_dir, "manifest.json")))
-    assert [pipeline.part_size(raw, "train", 3, p) for p in range(3)] == [7, 7, 6]
 
 
 def _write_manifest(folder, change):
@@ -202,49 +202,67 @@ def test_readers_never_reread_the_manifest_of_an_opened_build(build_dir):
     pipeline.training_stream(build, batch_size=4, image_size=64, seed=1)
     pipeline.eval_dataset(build, "val", batch_size=4, image_size=64)
     build.check_shards(build.split_names)
-    pipeline.make_dataset(build, "val", batch_size=4)  # the legacy reader takes a build too
     assert manifest_lib.read_count() == before + 1
-    fn = pipeline.make_input_fn(build_dir, "val", global_batch_size=4)  # opens it once
-    assert manifest_lib.read_count() == before + 2
-    fn(tf.distribute.InputContext(2, 1, 2))
-    assert manifest_lib.read_count() == before + 2
     manifest_lib.load_manifest(build_dir)  # the converter's raw read counts too
-    assert manifest_lib.read_count() == before + 3
+    assert manifest_lib.read_count() == before + 2
 
 
-# ------------------------------------------------- the training stream = make_dataset's ---
+# ------------------------------------------- the training stream keeps the legacy order ---
 
-def _same_training_batches(folder, parts, start, pids=None):
+# Labels of the first batches of each part's stream, (shards, parts, start, part id) ->
+# labels, recorded from the legacy ``pipeline.make_dataset(..., training=True)`` (commit
+# b61d6e9) on these builds (label i = example i; seed 5, batch 3, 9 batches with 4 shards;
+# seed 2, batch 4, 6 batches with 1 shard). The order depends on the records, not storage.
+_LEGACY_TRAIN_ORDER = {
+    (4, 1, 0, 0): [3, 19, 14, 7, 17, 11, 2, 1, 6, 10, 16, 4, 0, 5, 13, 18, 12, 9, 8, 15, 16, 14, 2, 9, 3, 13, 15],
+    (4, 1, 7, 0): [1, 6, 10, 16, 4, 0, 5, 13, 18, 12, 9, 8, 15, 16, 14, 2, 9, 3, 13, 15, 7, 8, 11, 19, 1, 12, 5],
+    (4, 1, 23, 0): [9, 3, 13, 15, 7, 8, 11, 19, 1, 12, 5, 17, 0, 18, 6, 4, 10, 7, 3, 11, 9, 4, 16, 12, 19, 14, 6],
+    (4, 2, 0, 0): [4, 2, 18, 8, 10, 14, 0, 16, 6, 12, 12, 16, 14, 10, 2, 18, 6, 8, 4, 0, 12, 18, 16, 4, 8, 2, 10],
+    (4, 2, 0, 1): [5, 3, 19, 9, 11, 15, 1, 17, 7, 13, 13, 17, 15, 11, 3, 19, 7, 9, 5, 1, 13, 19, 17, 5, 9, 3, 11],
+    (4, 2, 13, 0): [10, 2, 18, 6, 8, 4, 0, 12, 18, 16, 4, 8, 2, 10, 14, 0, 6, 8, 16, 0, 14, 2, 4, 6, 18, 12, 10],
+    (4, 2, 13, 1): [11, 3, 19, 7, 9, 5, 1, 13, 19, 17, 5, 9, 3, 11, 15, 1, 7, 9, 17, 1, 15, 3, 5, 7, 19, 13, 11],
+    (4, 3, 5, 0): [15, 0, 16, 7, 12, 12, 16, 15, 11, 3, 19, 7, 8, 4, 0, 12, 19, 16, 4, 8, 3, 11, 15, 0, 7, 8, 16],
+    (4, 3, 5, 1): [5, 1, 17, 9, 13, 9, 5, 1, 13, 17, 17, 13, 1, 9, 5, 13, 5, 9, 1, 17, 17, 5, 9, 13, 1, 13, 5],
+    (4, 3, 5, 2): [6, 2, 18, 10, 14, 10, 6, 2, 14, 18, 18, 14, 2, 10, 6, 14, 6, 10, 2, 18, 18, 6, 10, 14, 2, 14, 6],
+    (1, 1, 3, 0): [2, 10, 8, 12, 9, 5, 13, 1, 15, 14, 3, 6, 7, 0, 11, 19, 16, 13, 17, 7, 11, 1, 16, 14],
+    (1, 3, 11, 0): [9, 12, 3, 0, 3, 18, 12, 9, 15, 6, 18, 9, 15, 12, 6, 3, 0, 9, 3, 0, 15, 18, 6, 12],
+    (1, 3, 11, 1): [10, 13, 4, 1, 4, 19, 13, 10, 16, 7, 19, 10, 16, 13, 7, 4, 1, 10, 4, 1, 16, 19, 7, 13],
+    (1, 3, 11, 2): [14, 5, 17, 2, 14, 11, 8, 14, 11, 2, 8, 5, 17, 5, 2, 14, 8, 11, 17, 8, 5, 2, 17, 11],
+}
+
+
+def _labels(ds, n=None):
+    ds = ds.take(n) if n is not None else ds
+    return [int(v) for element in ds for v in np.asarray(element[1])]
+
+
+def _assert_legacy_training_order(folder, shards, parts, start, pids=None):
     build = manifest_lib.open_build(folder)
+    batch, seed, n = (3, 5, 9) if shards == 4 else (4, 2, 6)
     for pid in range(parts) if pids is None else pids:
-        kw = dict(batch_size=3, image_size=32, seed=5, start_example=start,
-                  num_input_pipelines=parts, input_pipeline_id=pid)
-        new = _batches(pipeline.training_stream(build, **kw), 9)
-        old = _batches(pipeline.make_dataset(folder, "train", training=True, **kw), 9)
-        _assert_same(new, old)
+        ds = pipeline.training_stream(build, batch_size=batch, image_size=16, seed=seed,
+                                      start_example=start, num_input_pipelines=parts,
+                                      input_pipeline_id=pid)
+        assert _labels(ds, n) == _LEGACY_TRAIN_ORDER[(shards, parts, start, pid)], (
+            parts, start, pid)
 
 
-def test_training_stream_equals_make_dataset(build_dir):
-    _same_training_batches(build_dir, 2, 13, pids=[1])  # 9 batches of 3 cross two passes
+def test_training_stream_keeps_the_legacy_order(build_dir):
+    _assert_legacy_training_order(build_dir, 4, 2, 13, pids=[1])  # 9 batches cross two passes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parts, start", [(1, 0), (1, 7), (1, 23), (2, 0), (2, 13), (3, 5)])
-def test_training_stream_equals_make_dataset_for_each_storage_part_and_start(
+def test_training_stream_keeps_the_legacy_order_for_each_storage_part_and_start(
         each_storage, parts, start):
-    _same_training_batches(each_storage, parts, start)
+    _assert_legacy_training_order(each_storage, 4, parts, start)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parts, start", [(1, 3), (3, 11)])
-def test_training_stream_equals_make_dataset_when_pipelines_share_a_shard(one_shard_dir,
-                                                                          parts, start):
-    build = manifest_lib.open_build(one_shard_dir)
-    for pid in range(parts):
-        kw = dict(batch_size=4, image_size=16, seed=2, start_example=start,
-                  num_input_pipelines=parts, input_pipeline_id=pid)
-        _assert_same(_batches(pipeline.training_stream(build, **kw), 6),
-                     _batches(pipeline.make_dataset(one_shard_dir, "train", **kw), 6))
+def test_training_stream_keeps_the_legacy_order_when_pipelines_share_a_shard(one_shard_dir,
+                                                                            parts, start):
+    _assert_legacy_training_order(one_shard_dir, 1, parts, start)
 
 
 def _seed_stamp(images, seed):
@@ -253,16 +271,19 @@ def _seed_stamp(images, seed):
 
 
 @pytest.mark.slow
-def test_training_stream_augments_like_make_dataset(build_dir):
+def test_training_stream_augments_each_batch_with_its_batch_seed(build_dir):
     build = manifest_lib.open_build(build_dir)
     kw = dict(batch_size=4, image_size=16, seed=9, input_pipeline_id=1, num_input_pipelines=2)
     new = _batches(pipeline.training_stream(build, augment=_seed_stamp, **kw), 4)
-    _assert_same(new, _batches(pipeline.make_dataset(build_dir, "train", augment=_seed_stamp,
-                                                     **kw), 4))
+    plain = _batches(pipeline.training_stream(build, **kw), 4)
+    for i, ((x, y), (_, y0)) in enumerate(zip(new, plain)):
+        np.testing.assert_array_equal(y, y0)  # augmentation leaves the order alone
+        s = pipeline.batch_seed(9, 1, i).numpy()
+        assert (x == (s[0] ^ s[1]) % 251).all()
     assert len({int(x[0, 0, 0, 0]) for x, _ in new}) > 1  # the stamp is really applied
-    plain = _batches(pipeline.training_stream(build, augment=_seed_stamp, jit_augment=False,
-                                              **kw), 4)
-    _assert_same(new, plain)
+    unjitted = _batches(pipeline.training_stream(build, augment=_seed_stamp, jit_augment=False,
+                                                 **kw), 4)
+    _assert_same(new, unjitted)
 
 
 def test_training_stream_batches_are_static_and_reject_bad_arguments(build_dir):
@@ -280,36 +301,58 @@ def test_training_stream_batches_are_static_and_reject_bad_arguments(build_dir):
         pipeline.training_stream(build_dir, batch_size=8, image_size=32, seed=0)
 
 
-# ---------------------------------------------------- the evaluation reader = make_dataset's ---
+# ---------------------------------------------- the evaluation reader keeps the legacy order ---
 
-def _same_eval_batches(folder, parts, size, pids=None):
+def _expected_eval_order(num_shards, parts, pid, interleave=True):
+    """The legacy order: a part's shards (every ``parts``-th file, or every ``parts``-th
+    example when files are fewer than parts) read record by record in turn (up to 8 at
+    once), or one after another; write_build puts example i into shard i % num_shards."""
+    shards = [list(range(s, N, num_shards)) for s in range(num_shards)]
+    if parts > 1 and num_shards >= parts:
+        shards = shards[pid::parts]
+    if interleave:
+        order = [i for row in itertools.zip_longest(*shards) for i in row if i is not None]
+    else:
+        order = [i for shard in shards for i in shard]
+    return order[pid::parts] if parts > 1 and num_shards < parts else order
+
+
+def _assert_eval_order(folder, num_shards, parts, size, pids=None):
     build = manifest_lib.open_build(folder)
     for pid in range(parts) if pids is None else pids:
         kw = dict(batch_size=3, image_size=size, num_input_pipelines=parts,
                   input_pipeline_id=pid)
-        _assert_same(_batches(pipeline.eval_dataset(build, "val", **kw)),
-                     _batches(pipeline.make_dataset(folder, "val", training=False, **kw)))
+        got = _batches(pipeline.eval_dataset(build, "val", **kw))
+        assert [x.shape[1] for x, _ in got] == [size] * len(got)
+        assert _labels(got) == _expected_eval_order(num_shards, parts, pid), (parts, pid)
 
 
-def test_eval_dataset_equals_make_dataset(build_dir):
-    _same_eval_batches(build_dir, 3, 24, pids=[2])
+def test_eval_dataset_reads_a_parts_shards_in_turn(build_dir):
+    assert _expected_eval_order(4, 3, 0) == [0, 3, 4, 7, 8, 11, 12, 15, 16, 19]  # as recorded
+    _assert_eval_order(build_dir, 4, 3, 24, pids=[0])  # two shards, record by record
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("size", [64, 24])
-def test_eval_dataset_equals_make_dataset_for_each_storage_part_and_size(each_storage, parts,
-                                                                         size):
-    _same_eval_batches(each_storage, parts, size)
+def test_eval_dataset_reads_a_parts_shards_in_turn_for_each_storage_part_and_size(
+        each_storage, parts, size):
+    _assert_eval_order(each_storage, 4, parts, size)
 
 
 @pytest.mark.slow
-def test_eval_dataset_equals_make_dataset_when_pipelines_share_a_shard(one_shard_dir):
-    build = manifest_lib.open_build(one_shard_dir)
-    for pid in range(3):
-        kw = dict(batch_size=4, image_size=8, num_input_pipelines=3, input_pipeline_id=pid)
-        _assert_same(_batches(pipeline.eval_dataset(build, "val", **kw)),
-                     _batches(pipeline.make_dataset(one_shard_dir, "val", **kw)))
+def test_eval_dataset_reads_every_nth_example_when_pipelines_share_a_shard(one_shard_dir):
+    _assert_eval_order(one_shard_dir, 1, 3, 8)
+    assert _expected_eval_order(1, 3, 1) == [1, 4, 7, 10, 13, 16, 19]  # as recorded
+
+
+def test_eval_dataset_without_interleave_reads_shard_after_shard_in_manifest_order(build_dir):
+    """The predictions' order (the legacy ``predict_split`` read the files one by one)."""
+    build = manifest_lib.open_build(build_dir)
+    got = _labels(pipeline.eval_dataset(build, "val", batch_size=6, image_size=8,
+                                         interleave=False))
+    assert got == _expected_eval_order(4, 1, 0, interleave=False) == [
+        0, 4, 8, 12, 16, 1, 5, 9, 13, 17, 2, 6, 10, 14, 18, 3, 7, 11, 15, 19]
 
 
 def test_one_eval_reader_serves_every_epoch_with_the_same_batches_in_any_batch_size(build_dir):

@@ -222,7 +222,8 @@ def test_a_bad_value_is_refused_in_seconds_before_anything_is_written(
     # Before TensorFlow is imported (11-23 s) or a model loaded (20-30 s): under 5 s wall.
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "manifest.json").write_text(json.dumps({
-        "schema_version": SCHEMA_VERSION, "splits": {"test": {"labelled": False}}}))
+        "schema_version": SCHEMA_VERSION, "classes": [],
+        "splits": {"test": {"labelled": False, "shards": []}}}))
     (tmp_path / "m.keras").write_bytes(b"")
     paths = [f"--data={tmp_path}/d", f"--out={tmp_path}/o"]
     if command[0] == "-m":

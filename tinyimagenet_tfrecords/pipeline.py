@@ -17,15 +17,13 @@ per example. The order of the stages is chosen for throughput on a few host core
    averages 2x2 source pixels, already smoother than the seed report's Keras
    ``flow_from_directory(target_size=...)``, whose default is PIL *nearest*. Rounded back to
    uint8; a resize to the stored size is skipped, so the 64 px default costs nothing;
-6. optional in-memory cache of the *decoded* uint8 images (before the shuffle, so every epoch
-   is still reshuffled); 10k validation images are 123 MB, the 100k training images 1.2 GB;
-7. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
+6. training: an endless stream of *data passes*: pass ``p`` reads every example of this input
    pipeline's part exactly once, in an order shuffled with seeds of ``(seed, p)`` only (the
    files, then the records through the shuffle buffer); passes are concatenated and batches
    cut from the stream, so a batch may straddle two passes. The stream can start at any
    example ``K`` (pass ``K // part``, skipping ``K % part`` serialized records before
    parsing), which is how a run resumes at the exact example where it stopped;
-8. batch, optional per-batch augmentation (XLA-compiled by default) with
+7. batch, optional per-batch augmentation (XLA-compiled by default) with
    a stateless seed derived from the pipeline seed, the input pipeline id and the batch
    index, then prefetch.
 
@@ -39,10 +37,8 @@ Images stay uint8 to the end: 4x less host->device traffic than float32; the mod
 them by 1/255 itself.
 
 Two readers take a build opened once (``manifest.open_build``), each with only the parameters
-it uses: :func:`training_stream` (stages 1-5, 7, 8) and :func:`eval_dataset` (stages 1-5, in
-a fixed order, last partial batch kept, built once and iterated every epoch). The legacy
-:func:`make_dataset` (the only user of stage 6's cache) and :func:`make_input_fn` remain until
-``training/`` has moved to them.
+it uses: :func:`training_stream` (stages 1-7) and :func:`eval_dataset` (stages 1-5, in a
+fixed order, last partial batch kept, built once and iterated every epoch).
 """
 
 from __future__ import annotations
@@ -187,28 +183,23 @@ def _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, 
         raise TypeError(f"augment must be a callable (images, seed) -> images, got {augment!r}")
 
 
-def _records(files: Sequence[str], *, training: bool, seed: int, deterministic: bool,
-             num_input_pipelines: int, input_pipeline_id: int) -> tf.data.Dataset:
-    """Serialized records of this input pipeline's part of the split.
+def _eval_records(files: Sequence[str], *, num_input_pipelines: int, input_pipeline_id: int,
+                  interleave: bool) -> tf.data.Dataset:
+    """Serialized records of this input pipeline's part of an evaluation split, in a fixed
+    order: up to :data:`DEFAULT_CYCLE_LENGTH` shards interleaved record by record, or (without
+    ``interleave``) one shard after another in manifest order.
 
-    Shards files when every pipeline gets at least one, else shards examples (which needs the
-    same deterministic record order in every pipeline, so the interleave is forced
-    deterministic then).
+    Shards files when every pipeline gets at least one, else shards examples of that same
+    deterministic record order.
     """
     shard_files = num_input_pipelines > 1 and len(files) >= num_input_pipelines
-    shard_examples = num_input_pipelines > 1 and not shard_files
     if shard_files:
         files = list(files)[input_pipeline_id::num_input_pipelines]
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
-    if training and len(files) > 1:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=max(1, min(len(files), DEFAULT_CYCLE_LENGTH)),
-        block_length=1,
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True if (shard_examples or not training) else deterministic)
-    if shard_examples:
+    cycle = max(1, min(len(files), DEFAULT_CYCLE_LENGTH)) if interleave else 1
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).interleave(
+        tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if num_input_pipelines > 1 and not shard_files:
         ds = ds.shard(num_input_pipelines, input_pipeline_id)
     return ds
 
@@ -218,18 +209,6 @@ def pass_seed(seed, pass_index):
     any pass can be rebuilt on its own (resume) without replaying the ones before it."""
     p = tf.cast(pass_index, tf.int64)
     return (tf.constant(seed, tf.int64) * 1_000_003 + p * 7_919 + 12_345) % (2 ** 31 - 1)
-
-
-def part_size(manifest: dict, split: str, num_input_pipelines: int = 1,
-              input_pipeline_id: int = 0) -> int:
-    """Examples in this input pipeline's part of ``split`` (one data pass), from the manifest.
-
-    Mirrors :func:`_records`: whole shard files when every pipeline gets one, else every n-th
-    example of the deterministic record order. (An opened build: ``build.split(s).part_size``.)
-    """
-    return manifest_lib.part_size_of(
-        (s["num_examples"] for s in manifest["splits"][split]["shards"]),
-        num_input_pipelines, input_pipeline_id)
 
 
 def training_records(files: Sequence[str], *, seed: int, start_example: int, part: int,
@@ -373,7 +352,7 @@ def training_stream(build: manifest_lib.Build, *, batch_size: int, image_size: i
 
 def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, image_size: int,
                  num_input_pipelines: int = 1, input_pipeline_id: int = 0,
-                 with_filenames: bool = False) -> tf.data.Dataset:
+                 with_filenames: bool = False, interleave: bool = True) -> tf.data.Dataset:
     """A deterministic pass over every example of this part of ``split`` once, keeping the
     last partial batch: ``(images uint8 [B, S, S, 3], labels int32 [B])``.
 
@@ -389,151 +368,21 @@ def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, imag
       num_input_pipelines, input_pipeline_id: this part (e.g. one worker's share).
       with_filenames: also yield each example's ``filename`` (string ``[B]``), for
         predictions.
+      interleave: read up to :data:`DEFAULT_CYCLE_LENGTH` shards at once, record by record
+        (evaluation's order); False reads the shards one after another in manifest order
+        (predictions list the files in that order).
 
     Raises:
       manifest.BuildError: ``split`` not built. ValueError: bad arguments.
     """
     build = _opened(build)
     _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, None)
-    ds = _records(_split_files(build, split), training=False, seed=0, deterministic=True,
-                  num_input_pipelines=num_input_pipelines,
-                  input_pipeline_id=input_pipeline_id)
+    ds = _eval_records(_split_files(build, split), num_input_pipelines=num_input_pipelines,
+                       input_pipeline_id=input_pipeline_id, interleave=bool(interleave))
     ds = ds.batch(int(batch_size)).map(
         _decoder(int(image_size), build.storage, with_filenames),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options(True))
-
-
-# ---------------------------------------------------------------------------------------------
-# Legacy: one function for every shape, re-reading the manifest per call.
-# ---------------------------------------------------------------------------------------------
-
-def make_dataset(
-    build_dir,
-    split: str,
-    *,
-    batch_size: int,
-    image_size: int = 64,
-    training: Optional[bool] = None,
-    seed: int = 0,
-    deterministic: bool = True,
-    cache: bool = False,
-    augment: Optional[Augment] = None,
-    drop_remainder: Optional[bool] = None,
-    repeat: Optional[bool] = None,
-    num_input_pipelines: int = 1,
-    input_pipeline_id: int = 0,
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-    jit_augment: bool = True,
-    start_example: int = 0,
-) -> tf.data.Dataset:
-    """A ``tf.data.Dataset`` of ``(images uint8 [B, S, S, 3], labels int32 [B])`` for a split.
-
-    Legacy, to be removed once ``training/`` uses :func:`training_stream` and
-    :func:`eval_dataset` (issue 17); its batches equal theirs for the same arguments
-    (``tests/test_readers.py``). ``cache=`` and the repeat/drop-remainder overrides have no
-    caller outside its own tests.
-
-    Args:
-      build_dir: a finished build folder or URL (its manifest is read here), or a build
-        already opened by :func:`manifest.open_build` (not read again).
-      split: ``"train"``, ``"val"`` or ``"test"`` (test labels are -1).
-      batch_size: examples per batch *of this input pipeline* (per replica under a
-        distribution strategy; see :func:`make_input_fn` for a global batch).
-      image_size: output side S; bilinear (antialias off), rounded; skipped if stored size.
-      training: shuffle + repeat + drop remainder + augmentation. Defaults to
-        ``split == "train"``. ``False`` gives a deterministic pass over every example of this
-        pipeline's part exactly once (unless ``repeat``).
-      seed: seeds the file and example shuffles and the per-batch augmentation seeds.
-      deterministic: training only: ``False`` lets parallel stages emit out of order (a few %
-        faster under load, order no longer reproducible). Eval pipelines are always
-        deterministic.
-      cache: keep the decoded, resized uint8 images in memory after the first pass (before the
-        shuffle, so epochs are still reshuffled). The first pass must run to its end.
-      augment: ``(images uint8 [B, S, S, 3], seed int32 [2]) -> images``, applied to whole
-        batches after resizing; its seed is :func:`batch_seed` of (``seed``,
-        ``input_pipeline_id``, batch index). Traced as plain TF code (no autograph). The
-        batch index counts from 0 each time the
-        dataset is iterated, so with ``repeat=False`` epoch ``e`` reuses the seeds of epoch 0
-        (the images in each batch differ, as the shuffle differs per epoch).
-      drop_remainder: defaults to ``training``; eval keeps the last partial batch.
-      repeat: repeat forever; defaults to ``training``.
-      num_input_pipelines, input_pipeline_id: this pipeline's share (``tf.distribute``
-        ``InputContext``): whole shard files when there are at least as many files as
-        pipelines, else every n-th example.
-      shuffle_buffer: serialized records (decoded images with ``cache``) in the shuffle buffer.
-      jit_augment: compile ``augment`` with XLA (``tf.function(jit_compile=True)``) inside
-        tf.data: the recipes' many small elementwise ops fuse (README, "Input pipeline", for
-        the figures). Set ``False`` for a callable with ops XLA cannot compile.
-      start_example: training (not cached) only: where this pipeline's stream starts, in
-        examples of it (see :func:`training_records`); 0 starts at the first data pass.
-
-    Raises:
-      manifest.BuildError: ``build_dir`` is not a finished build of this schema, or lacks
-        ``split``.
-      ValueError, TypeError: invalid arguments.
-    """
-    _check_args(batch_size, image_size, num_input_pipelines, input_pipeline_id, augment)
-    if not isinstance(start_example, numbers.Integral) or start_example < 0:
-        raise ValueError(f"start_example must be an int >= 0, got {start_example!r}")
-    batch_size, image_size = int(batch_size), int(image_size)
-    build = (build_dir if isinstance(build_dir, manifest_lib.Build)
-             else manifest_lib.open_build(build_dir))
-    files = _split_files(build, split)
-    storage = build.storage
-    training = (split == "train") if training is None else bool(training)
-    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
-    repeat = training if repeat is None else bool(repeat)
-    deterministic = True if not training else bool(deterministic)
-    if start_example and (cache or not (training and repeat)):
-        raise ValueError("start_example needs the training stream (training, repeat, no cache)")
-
-    ds = _records(files, training=training, seed=seed, deterministic=deterministic,
-                  num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
-
-    @tf.autograph.experimental.do_not_convert
-    def decode(serialized):
-        parsed = parse_batch(serialized)
-        return decode_batch(parsed, image_size, storage), _labels(parsed)
-
-    if cache:
-        # Decode in batches (fast), cache decoded examples, then shuffle/batch those.
-        ds = ds.batch(batch_size).map(decode, num_parallel_calls=AUTOTUNE,
-                                      deterministic=True)
-        if training:
-            ds = ds.unbatch().cache()
-            ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-            if repeat:
-                ds = ds.repeat()
-            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        else:
-            if drop_remainder:
-                ds = ds.unbatch().cache().batch(batch_size, drop_remainder=True)
-            else:
-                ds = ds.cache()
-            if repeat:
-                ds = ds.repeat()
-    else:
-        if training and repeat:
-            ds = training_records(
-                files, seed=seed, start_example=start_example,
-                part=build.split(split).part_size(num_input_pipelines, input_pipeline_id),
-                deterministic=deterministic, num_input_pipelines=num_input_pipelines,
-                input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
-        else:
-            if training:
-                ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-            if repeat:
-                ds = ds.repeat()
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-    if augment is not None:
-        ds = _augmented(ds, augment, jit_augment=jit_augment, seed=seed,
-                        input_pipeline_id=input_pipeline_id, deterministic=deterministic)
-
-    ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(_options(deterministic))
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:
@@ -551,37 +400,4 @@ def dataset_options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-_options = dataset_options  # the name make_dataset uses
-
-
-def make_input_fn(build_dir: str, split: str, *, global_batch_size: int, **kwargs):
-    """An ``input_fn(input_context)`` for ``strategy.distribute_datasets_from_function``.
-
-    Legacy, to be removed with :func:`make_dataset` (``training/`` builds its per-replica
-    parts with ``multiworker.per_replica_input_fn``). Opens the build once, here.
-
-    Each input pipeline gets its share of the split (see :func:`make_dataset`) and batches of
-    ``input_context.get_per_replica_batch_size(global_batch_size)``. ``kwargs`` are the other
-    arguments of :func:`make_dataset`, except that ``start_example`` counts the examples
-    consumed over *all* input pipelines (global batches x steps); each pipeline, consuming an
-    equal share, starts at ``start_example // num_input_pipelines`` of its own stream.
-    """
-    start_example = kwargs.pop("start_example", 0)
-    for reserved in ("batch_size", "num_input_pipelines", "input_pipeline_id"):
-        if reserved in kwargs:
-            raise TypeError(f"make_input_fn sets {reserved} from the InputContext")
-    if not _positive_int(global_batch_size):
-        raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
-    build = (build_dir if isinstance(build_dir, manifest_lib.Build)
-             else manifest_lib.open_build(build_dir))  # fail early, not inside the strategy
-
-    def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_dataset(
-            build, split,
-            batch_size=input_context.get_per_replica_batch_size(global_batch_size),
-            num_input_pipelines=input_context.num_input_pipelines,
-            input_pipeline_id=input_context.input_pipeline_id,
-            start_example=start_example // input_context.num_input_pipelines,
-            **kwargs)
-
-    return input_fn
+_options = dataset_options

@@ -213,11 +213,17 @@ def find_corrupt_shards(build_dir: str, split: str) -> list[tuple[str, str]]:
     Raises:
       manifest.BuildError: not a finished build, or no such split.
     """
+    manifest = manifest_lib.load_manifest(build_dir)
+    return find_corrupt_files(manifest_lib.shard_paths(build_dir, manifest, split))
+
+
+def find_corrupt_files(files) -> list[tuple[str, str]]:
+    """:func:`find_corrupt_shards` for shard ``files`` (an opened build's, say): the ones that
+    are missing or hold a record TensorFlow cannot read, ``[(path, reason), ...]`` in order."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    manifest = manifest_lib.load_manifest(build_dir)
     bad = []
-    for path in manifest_lib.shard_paths(build_dir, manifest, split):
+    for path in files:
         if not paths.exists(path):
             bad.append((path, "missing"))
             continue

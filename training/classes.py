@@ -22,10 +22,10 @@ MEMBER = "classes.json"
 SIDECAR = "classes.json"
 
 
-def classes_from_manifest(manifest: dict) -> tuple[list[str], list[str]]:
-    """``(wnids, names)`` of a build, in label order (the model's output order)."""
-    rows = sorted(manifest["classes"], key=lambda c: c["label"])
-    return [c["wnid"] for c in rows], [c.get("name") or c["wnid"] for c in rows]
+def classes_from_build(build) -> tuple[list[str], list[str]]:
+    """``(wnids, names)`` of an opened build (``manifest.Build``), in label order (the
+    model's output order); a class without a name is named by its wnid."""
+    return list(build.wnids), [c.name or c.wnid for c in build.classes]
 
 
 def info(wnids, names=None, image_size: int | None = None) -> dict:

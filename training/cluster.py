@@ -263,22 +263,3 @@ def settings_hash(fingerprint: dict) -> int:
     """A 20-bit hash of the run settings (exact in float64 sums of squares)."""
     text = json.dumps(fingerprint, sort_keys=True).encode("utf-8")
     return int.from_bytes(hashlib.sha256(text).digest()[:4], "big") & 0xFFFFF
-
-
-def check_same_settings(strategy, fingerprint: dict) -> None:
-    """Every worker must run the same settings; all of them fail the same way if not.
-
-    Raises:
-      RunError: the workers were started with different flags (exit 2 on every worker).
-    """
-    if not _is_multiworker(strategy):
-        return
-    import numpy as np
-    from training import multiworker
-    h = float(settings_hash(fingerprint))
-    total, squares = multiworker.allreduce_sum(strategy, np.array([h, h * h]))
-    n = num_workers(strategy)
-    if total * total != n * squares:  # equality iff every worker's hash is the same
-        raise RunError(f"the {n} workers were started with different settings; run the "
-                       "same command (flags) on every worker, only TF_CONFIG's task.index "
-                       "differs")

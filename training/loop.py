@@ -44,6 +44,7 @@ import augment
 import models
 from plumbing import paths
 from plumbing import progress
+from tinyimagenet_tfrecords import manifest as manifest_lib
 from tinyimagenet_tfrecords import pipeline
 from training import batchnorm
 from training import cluster as cluster_lib
@@ -51,6 +52,7 @@ from training import config as config_lib
 from training import evaluate as evaluate_lib
 from training import multiworker
 from training import optimizers as optimizers_lib
+from training import readers as readers_lib
 from training import reports
 from training import rules
 from training import schedules
@@ -122,6 +124,7 @@ class _Run:
     manager: multiworker.CheckpointManager
     eval_step: object
     writer: object
+    readers: readers_lib.EvalReaders  # built once per (split, size, batch), reused each epoch
     history: list
     exported: int = 0  # the epoch whose best weights best.keras holds (0: none written by us)
     train_steps: dict = dataclasses.field(default_factory=dict)
@@ -132,12 +135,12 @@ class _Run:
         return os.path.join(self.cfg.out, "best.keras")
 
 
-def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "",
+def run(cfg: config_lib.RunConfig, build: manifest_lib.Build, *, flags_text: str = "",
         hooks: Hooks | None = None) -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
-    Called by ``training.run`` (``training/runner.py``), which has validated ``cfg``, loaded
-    the build's ``manifest`` and checked its shards.
+    Called by ``training.run`` (``training/runner.py``), which has validated ``cfg``, opened
+    the build and checked its shards; nothing here reads the manifest again.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same ``cfg``; only
     the chief writes ``cfg.out`` (see ``training.multiworker``), and a lost worker ends the
@@ -145,7 +148,7 @@ def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "",
 
     Args:
       cfg: the validated settings.
-      manifest: the build's manifest (``manifest.load_manifest(cfg.data)``).
+      build: the opened build of ``cfg.data`` (``manifest.open_build``).
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
       hooks: called at fixed points of each epoch (:class:`training.hooks.Hooks`).
 
@@ -155,15 +158,15 @@ def run(cfg: config_lib.RunConfig, manifest: dict, *, flags_text: str = "",
     """
     cluster = cluster_lib.from_environment()
     with cluster_lib.peer_failures(cluster):
-        r = _set_up(cfg, manifest, cluster, flags_text, hooks or Hooks())
+        r = _set_up(cfg, build, cluster, flags_text, hooks or Hooks())
         for epoch in range(int(r.state.epoch.numpy()), cfg.total_epochs):
             _run_epoch(r, epoch)
-        return _finish(r, manifest)
+        return _finish(r)
 
 
 # --- set up ------------------------------------------------------------------------------
 
-def _set_up(cfg, manifest, cluster, flags_text: str, hooks: Hooks) -> _Run:
+def _set_up(cfg, build, cluster, flags_text: str, hooks: Hooks) -> _Run:
     """Seeds, strategy, output folder, model, optimizer, checkpoint (restored if any)."""
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -174,11 +177,11 @@ def _set_up(cfg, manifest, cluster, flags_text: str, hooks: Hooks) -> _Run:
     chief = cluster_lib.is_chief(strategy)  # the only writer of cfg.out
     _check_batches(cfg, strategy.num_replicas_in_sync)
     _prepare_folder(cfg, strategy, chief, flags_text)
-    num_train = manifest["splits"]["train"]["num_examples"]
+    num_train = build.split("train").num_examples
     _log(f"strategy: {strategy_lib.describe(strategy)}; XLA {'on' if cfg.xla else 'off'}; "
          f"precision {cfg.precision}")
     with strategy.scope():
-        model = build_model(cfg, manifest["num_classes"])
+        model = build_model(cfg, build.num_classes)
         optimizer = optimizers_lib.make_optimizer(cfg, make_schedule(cfg, num_train))
         optimizer.build(model.trainable_variables)
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
@@ -190,7 +193,8 @@ def _set_up(cfg, manifest, cluster, flags_text: str, hooks: Hooks) -> _Run:
                  cfg, model, optimizer, plateau, chief),
              eval_step=steps_lib.make_eval_step(model, xla=cfg.xla),
              writer=multiworker.summary_writer(os.path.join(cfg.out, "tensorboard"),
-                                               chief=chief), history=[])
+                                               chief=chief), history=[],
+             readers=readers_lib.EvalReaders(build))
     _restore(r)
     return r
 
@@ -205,7 +209,7 @@ def _check_batches(cfg, replicas: int) -> None:
 def _prepare_folder(cfg, strategy, chief: bool, flags_text: str) -> None:
     """Only now, with every input checked, is the output folder touched."""
     fingerprint = cfg.fingerprint()
-    cluster_lib.check_same_settings(strategy, fingerprint)
+    multiworker.check_same_settings(strategy, fingerprint)
     if not chief:
         return
     resuming = check_output_folder(cfg.out, fingerprint)
@@ -305,7 +309,7 @@ def _train(r: _Run, epoch: int, phase_idx: int, phase: config_lib.Phase) -> dict
     if r.stream is None or r.stream[0] != phase_idx:
         # One stream per phase, continued across its epochs; a new phase (other batch or
         # image size) picks the stream up at the same example.
-        r.stream = (phase_idx, _training_stream(r.cfg, r.strategy, phase,
+        r.stream = (phase_idx, _training_stream(r.cfg, r.readers.build, r.strategy, phase,
                                                 int(r.state.examples.numpy())))
     n_steps = steps_per_epoch(r.cfg, phase, r.num_train)
     row = _train_epoch(r.cfg, step, r.optimizer, r.stream[1], epoch=epoch,
@@ -317,7 +321,7 @@ def _train(r: _Run, epoch: int, phase_idx: int, phase: config_lib.Phase) -> dict
 
 def _validate(r: _Run, row: dict) -> None:
     """Adds the val loss (with the weight-decay term, as Keras reports it) and top-1/5."""
-    val = multiworker.evaluate_split(r.strategy, r.model, r.cfg.data, eval_step=r.eval_step,
+    val = multiworker.evaluate_split(r.strategy, r.model, r.readers, eval_step=r.eval_step,
                                      image_size=r.cfg.val_image_size,
                                      batch_size=r.cfg.eval_batch_size)
     row.update(val_loss=val["loss"] + steps_lib.regularization_loss(r.model),
@@ -382,7 +386,7 @@ def _saved_epoch(r: _Run) -> int:
 
 # --- finish ------------------------------------------------------------------------------
 
-def _finish(r: _Run, manifest: dict) -> dict:
+def _finish(r: _Run) -> dict:
     """The summary; the chief also evaluates best.keras into ``eval/``."""
     r.writer.flush()
     summary = {"epochs": len(r.history), "best_val_acc": float(r.state.best_val_acc.numpy()),
@@ -397,7 +401,7 @@ def _finish(r: _Run, manifest: dict) -> dict:
     if paths.isfile(r.best_path):
         best = evaluate_lib.load_model(r.best_path)
         report = evaluate_lib.write_report(
-            best, cfg.data, os.path.join(cfg.out, "eval"), manifest=manifest,
+            best, r.readers.build, os.path.join(cfg.out, "eval"), readers=r.readers,
             image_size=cfg.val_image_size, batch_size=cfg.eval_batch_size, xla=cfg.xla,
             misclassified=cfg.misclassified, worst_k=cfg.worst_classes,
             model_name=r.best_path)
@@ -410,7 +414,7 @@ def _finish(r: _Run, manifest: dict) -> dict:
 
 # --- helpers ----------------------------------------------------------------------------
 
-def _training_stream(cfg, strategy, phase, start_example: int):
+def _training_stream(cfg, build, strategy, phase, start_example: int):
     """An iterator over the run's training stream from global example ``start_example`` on,
     batched and sized for ``phase``.
 
@@ -419,9 +423,9 @@ def _training_stream(cfg, strategy, phase, start_example: int):
     ``rules.replica_start_example``: every replica consumed the same share of each batch.
     """
     start = rules.replica_start_example(start_example, strategy.num_replicas_in_sync)
-    input_fn = multiworker.per_replica_input_fn(lambda parts, part: pipeline.make_dataset(
-        cfg.data, "train", batch_size=phase.batch_size // parts, image_size=phase.image_size,
-        training=True, seed=cfg.seed, deterministic=True, num_input_pipelines=parts,
+    input_fn = multiworker.per_replica_input_fn(lambda parts, part: pipeline.training_stream(
+        build, batch_size=phase.batch_size // parts, image_size=phase.image_size,
+        seed=cfg.seed, deterministic=True, num_input_pipelines=parts,
         input_pipeline_id=part, start_example=start))
     return iter(strategy.distribute_datasets_from_function(input_fn))
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import cluster as cluster_lib
+from training.errors import RunError
 
 
 def per_replica_input_fn(make_part: Callable[[int, int], tf.data.Dataset]):
@@ -30,8 +31,8 @@ def per_replica_input_fn(make_part: Callable[[int, int], tf.data.Dataset]):
 
     Args:
       make_part: ``make_part(num_parts, part_id) -> dataset`` of per-replica batches of the
-        ``part_id``-th of ``num_parts`` parts of the data (e.g. ``pipeline.make_dataset`` with
-        ``num_input_pipelines=num_parts, input_pipeline_id=part_id``).
+        ``part_id``-th of ``num_parts`` parts of the data (e.g. ``pipeline.training_stream``
+        with ``num_input_pipelines=num_parts, input_pipeline_id=part_id``).
 
     The worker's input pipeline feeds its ``k`` local replicas in turn (element ``i`` goes to
     local replica ``i % k``), so it interleaves its replicas' parts in that order; replica ids
@@ -68,24 +69,41 @@ def allreduce_sum(strategy: tf.distribute.Strategy, values) -> np.ndarray:
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
 
 
-def evaluate_split(strategy, model, build_dir: str, *, eval_step, split: str = "val",
+def check_same_settings(strategy, fingerprint: dict) -> None:
+    """Every worker must run the same settings; all of them fail the same way if not.
+
+    Raises:
+      RunError: the workers were started with different flags (exit 2 on every worker).
+    """
+    n = cluster_lib.num_workers(strategy)
+    if n == 1:
+        return
+    h = float(cluster_lib.settings_hash(fingerprint))
+    total, squares = allreduce_sum(strategy, np.array([h, h * h]))
+    if total * total != n * squares:  # equality iff every worker's hash is the same
+        raise RunError(f"the {n} workers were started with different settings; run the "
+                       "same command (flags) on every worker, only TF_CONFIG's task.index "
+                       "differs")
+
+
+def evaluate_split(strategy, model, readers, *, eval_step, split: str = "val",
                    image_size: int = 64, batch_size: int = 256) -> dict:
     """Loss, top-1 and top-5 over ``split``, the work shared by the workers.
 
     On one worker this is ``training.evaluate.evaluate_split``; on several, worker ``w``
     evaluates part ``w`` of the split (whole shard files when there are enough) and the
-    totals are summed across workers.
+    totals are summed across workers. ``readers`` (a :class:`training.readers.EvalReaders`
+    of the run's build) keeps each reader for the next epoch.
     """
-    from training import evaluate as evaluate_lib
+    from training import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
     n = cluster_lib.num_workers(strategy)
     if n == 1:
-        return evaluate_lib.evaluate_split(model, build_dir, split=split, image_size=image_size,
-                                           batch_size=batch_size, eval_step=eval_step)
-    from tinyimagenet_tfrecords import pipeline
+        return evaluate_lib.evaluate_split(model, readers.build, split=split,
+                                           image_size=image_size, batch_size=batch_size,
+                                           eval_step=eval_step, readers=readers)
     broadcast_from_chief(strategy, model.non_trainable_variables)
-    ds = pipeline.make_dataset(build_dir, split, batch_size=batch_size, image_size=image_size,
-                               training=False, num_input_pipelines=n,
-                               input_pipeline_id=cluster_lib.worker_id(strategy))
+    ds = readers.get(split, image_size=image_size, batch_size=batch_size, num_parts=n,
+                     part_id=cluster_lib.worker_id(strategy))
     totals = np.zeros(4, np.float64)
     for images, labels in ds:
         t, _ = eval_step(images, labels)

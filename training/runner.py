@@ -1,7 +1,7 @@
 """``training.run``: the fit loop inside the checks and guards every run gets.
 
-Before anything is written: the settings (``config.validate``), the build's manifest and its
-shards. Then the output folder is checked and locked (:class:`run_folder.RunFolder`) and the
+Before anything is written: the settings (``config.validate``), the build (opened once:
+``manifest.open_build``) and its shards. Then the output folder is checked and locked (:class:`run_folder.RunFolder`) and the
 fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training.errors`, with
 a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
 output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
@@ -26,8 +26,11 @@ from training import shards
 from training.errors import Interrupted, RunError, RunFailure, with_checkpoint_note
 
 
-def prepare(cfg: config_lib.RunConfig) -> dict:
-    """Every check that needs no output folder; returns the build's manifest.
+def prepare(cfg: config_lib.RunConfig) -> manifest_lib.Build:
+    """Every check that needs no output folder; returns the build, opened once for the run.
+
+    The :class:`manifest.Build` is what the rest of the run reads (the loop, evaluation, the
+    class list): ``manifest.json`` is read here only, once per process.
 
     Raises:
       config.ConfigError: a bad setting. manifest.BuildError: a missing, unfinished or
@@ -36,12 +39,11 @@ def prepare(cfg: config_lib.RunConfig) -> dict:
     import augment  # pylint: disable=import-outside-toplevel
     import models  # pylint: disable=import-outside-toplevel
     config_lib.validate(cfg, recipe_names=augment.recipe_names(), model_names=models.NAMES)
-    manifest = manifest_lib.load_manifest(cfg.data)
-    if "val" not in manifest["splits"]:
+    build = manifest_lib.open_build(cfg.data)
+    if "val" not in build.split_names:
         raise RunError(f"{cfg.data}: no val split; training needs one")
-    manifest_lib.check_shards(cfg.data, manifest, tuple(s for s in ("train", "val")
-                                                        if s in manifest["splits"]))
-    return manifest
+    build.check_shards(("train", "val"))
+    return build
 
 
 def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
@@ -62,24 +64,24 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from training import loop  # pylint: disable=import-outside-toplevel
 
-    manifest = prepare(cfg)
-    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
+    build = prepare(cfg)
+    wnids = list(build.wnids)
     # Several workers: only the chief checks, locks and writes --out (training.cluster).
     writer = cluster_lib.writes_run_folder(cluster_lib.from_environment())
     folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) if writer \
         else contextlib.nullcontext()
     with folder:
         try:
-            summary = loop.run(cfg, manifest, flags_text=flags_text, hooks=hooks)
+            summary = loop.run(cfg, build, flags_text=flags_text, hooks=hooks)
             if writer:
-                finish_best_model(cfg, manifest, summary)
+                finish_best_model(cfg, build, summary)
             return summary
         except KeyboardInterrupt:
             epoch = run_folder.last_checkpoint_epoch(cfg.out)
             where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
             raise Interrupted(f"interrupted {where}; run the same command to resume") from None
         except tf.errors.DataLossError as e:
-            raise with_checkpoint_note(shards.data_loss_failure(cfg.data, manifest, e),
+            raise with_checkpoint_note(shards.data_loss_failure(build, e),
                                        run_folder.last_checkpoint_epoch(cfg.out)) from None
         except RunFailure as e:  # Diverged, a peer worker's failure
             raise with_checkpoint_note(e, run_folder.last_checkpoint_epoch(cfg.out)) from None
@@ -98,14 +100,15 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
             raise
 
 
-def finish_best_model(cfg: config_lib.RunConfig, manifest: dict, summary: dict) -> None:
+def finish_best_model(cfg: config_lib.RunConfig, build: manifest_lib.Build,
+                      summary: dict) -> None:
     """Puts the class list inside ``best.keras`` and, unless ``cfg.export`` is off, exports
     it as a SavedModel into ``<out>/export`` (``summary["export"]`` says where)."""
     from training import classes, export  # pylint: disable=import-outside-toplevel
     best = os.path.join(cfg.out, "best.keras")
     if not paths.isfile(best):
         return
-    wnids, names = classes.classes_from_manifest(manifest)
+    wnids, names = classes.classes_from_build(build)
     classes.embed(best, classes.info(wnids, names, cfg.val_image_size))
     if cfg.export:
         summary["export"] = export.export_model(best, os.path.join(cfg.out, "export"),

@@ -1,5 +1,5 @@
 """Evaluate a saved model: ``python -m training.evaluate --model=<run>/best.keras --data=<build>
---out=<folder>`` (or ``python -m training.evaluate_main``).
+--out=<folder>``.
 
 Maps flags to :func:`training.evaluate.evaluate_model`; the evaluation settings' flags come
 from their one declaration (``training.config.EvalSettings``) and are checked before
@@ -8,7 +8,8 @@ TensorFlow is imported (``evaluate_model`` checks its inputs before it loads the
 predicted wnids per image (filename, wnid, top-5 wnids). Exit status: 0 done, 2 bad input or usage (one line on stderr), 1 a
 failure while running (e.g. a corrupt shard, a full disk).
 
-This module is not imported by the ``training`` package, so ``python -m`` runs it once.
+The package's ``__main__``: it imports the library (``training.evaluate``), which never imports
+it back, and nothing else imports it, so its flags are defined once, only for this command.
 """
 
 from __future__ import annotations

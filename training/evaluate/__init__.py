@@ -4,7 +4,8 @@ misclassified grid; predictions for an unlabelled split.
 Library: :func:`evaluate_split` (metrics over a split, used by the fit loop every epoch),
 :func:`write_report` (the full report), :func:`write_predictions` (a CSV of wnids per image,
 Tiny ImageNet's submission format) and :func:`evaluate_model` (what the CLI does: checks the
-model against the build, then one of the two). CLI (``training/evaluate_main.py``)::
+model against the build, then one of the two). CLI (``training/evaluate/__main__.py``, which
+imports this package; nothing here imports it)::
 
     python -m training.evaluate --model runs/net2/best.keras --data /data/tiny-imagenet-tfr \
         --out runs/net2/eval
@@ -30,31 +31,34 @@ from plumbing import cli as cli_lib
 from plumbing import paths
 from training import classes as classes_lib
 from training import config as config_lib
+from training import readers as readers_lib
 from training import reports
 from training.errors import RunError, RunFailure
 
 CLASSES_NAME = classes_lib.SIDECAR
 
 
-def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int = 64,
+def evaluate_split(model, build, *, split: str = "val", image_size: int = 64,
                    batch_size: int = 256, xla: bool = True, eval_step=None,
-                   keep_outputs: bool = False) -> dict:
+                   keep_outputs: bool = False, readers=None) -> dict:
     """Loss and top-1/top-5 accuracy of ``model`` over every example of ``split``.
 
     Args:
+      build: the opened build (``manifest.open_build``).
       eval_step: a step from :func:`steps.make_eval_step` to reuse (avoids retracing each
         epoch); built here when None.
       keep_outputs: also return ``labels`` and ``preds`` (numpy) for per-class reports.
+      readers: the :class:`training.readers.EvalReaders` of ``build`` to take the reader
+        from (a run keeps one, so every epoch iterates the same reader); fresh ones if None.
 
     Returns:
       ``{"loss", "top1", "top5", "count"}`` (+ ``labels``, ``preds``); the
       loss is mean cross-entropy (no weight decay).
     """
-    from tinyimagenet_tfrecords import pipeline
     from training import steps as steps_lib  # TensorFlow: imported on first use (CLI start-up)
     step = eval_step or steps_lib.make_eval_step(model, xla=xla)
-    ds = pipeline.make_dataset(build_dir, split, batch_size=batch_size, image_size=image_size,
-                               training=False)
+    ds = readers_lib.readers_of(build, readers).get(split, image_size=image_size,
+                                                    batch_size=batch_size)
     totals = np.zeros(len(steps_lib.EVAL_TOTALS), np.float64)
     labels, preds = [], []
     for images, y in ds:
@@ -73,17 +77,16 @@ def evaluate_split(model, build_dir: str, *, split: str = "val", image_size: int
     return out
 
 
-def _misclassified_images(build_dir: str, labels: np.ndarray, preds: np.ndarray, *,
-                          split: str, image_size: int, limit: int, seed: int = 0):
-    """Up to ``limit`` misclassified images (uint8, in split order, sampled evenly)."""
-    from tinyimagenet_tfrecords import pipeline
+def _misclassified_images(reader, labels: np.ndarray, preds: np.ndarray, *,
+                          image_size: int, limit: int, seed: int = 0):
+    """Up to ``limit`` misclassified images (uint8, in split order, sampled evenly), picked
+    by index from ``reader``, the evaluation reader that gave ``labels`` and ``preds``."""
     wrong = np.flatnonzero(labels != preds)
     if limit <= 0 or wrong.size == 0:
         return wrong[:0], np.zeros((0, image_size, image_size, 3), np.uint8)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(wrong, size=min(limit, wrong.size), replace=False))
-    ds = pipeline.make_dataset(build_dir, split, batch_size=256, image_size=image_size,
-                               training=False)
+    ds = reader
     images, start = [], 0
     for batch, _ in ds:
         b = batch.numpy()
@@ -95,21 +98,21 @@ def _misclassified_images(build_dir: str, labels: np.ndarray, preds: np.ndarray,
     return chosen, np.stack(images)
 
 
-def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None = None,
-                 split: str = "val", image_size: int = 64, batch_size: int = 256,
-                 xla: bool = True, misclassified: int = 36, worst_k: int = 10,
-                 model_name: str = "") -> dict:
-    """Evaluates ``model`` on ``split`` and writes the report files into ``out_dir``.
+def write_report(model, build, out_dir: str, *, split: str = "val", image_size: int = 64,
+                 batch_size: int = 256, xla: bool = True, misclassified: int = 36,
+                 worst_k: int = 10, model_name: str = "", readers=None) -> dict:
+    """Evaluates ``model`` on ``split`` of the opened ``build`` and writes the report files
+    into ``out_dir``; the misclassified grid reads the evaluation's own reader (``readers``:
+    see :func:`evaluate_split`).
 
     Returns:
       The report dict (also ``report.json``): top1, top5, loss, count, per_class rows,
       worst_classes, and the paths of the files written.
     """
-    from tinyimagenet_tfrecords import manifest as manifest_lib
-    manifest = manifest or manifest_lib.load_manifest(build_dir)
-    classes = sorted(manifest["classes"], key=lambda c: c["label"])
-    res = evaluate_split(model, build_dir, split=split, image_size=image_size,
-                         batch_size=batch_size, xla=xla, keep_outputs=True)
+    readers = readers_lib.readers_of(build, readers)
+    classes = [{"label": c.label, "wnid": c.wnid, "name": c.name} for c in build.classes]
+    res = evaluate_split(model, build, split=split, image_size=image_size,
+                         batch_size=batch_size, xla=xla, keep_outputs=True, readers=readers)
     rows = reports.per_class_accuracy(res["labels"], res["preds"], classes)
     worst = reports.worst_classes(rows, worst_k)
     paths.makedirs(out_dir)  # local or any tf.io.gfile URL
@@ -118,8 +121,9 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
         ("worst_plot", "worst_classes.png"), ("misclassified", "misclassified.png"))}
     paths.atomic_write_text(files["per_class"], reports.per_class_csv(rows))
     reports.plot_worst_classes(worst, files["worst_plot"])
-    idx, images = _misclassified_images(build_dir, res["labels"], res["preds"], split=split,
-                                        image_size=image_size, limit=misclassified)
+    idx, images = _misclassified_images(
+        readers.get(split, image_size=image_size, batch_size=batch_size), res["labels"],
+        res["preds"], image_size=image_size, limit=misclassified)
     name_of = {c["label"]: c["name"] for c in classes}
     mis = [{"index": int(i), "true": name_of[int(res["labels"][i])],
             "pred": name_of[int(res["preds"][i])]} for i in idx]
@@ -128,7 +132,7 @@ def write_report(model, build_dir: str, out_dir: str, *, manifest: dict | None =
                                    files["misclassified"])
     else:
         files.pop("misclassified")
-    report = {"model": model_name or getattr(model, "name", ""), "data": build_dir,
+    report = {"model": model_name or getattr(model, "name", ""), "data": build.path,
               "split": split, "image_size": image_size, "count": res["count"],
               "top1": res["top1"], "top5": res["top5"], "ce_loss": res["loss"],
               "per_class": rows, "worst_classes": worst, "misclassified": mis,
@@ -152,10 +156,10 @@ def classes_path(model_path: str) -> str | None:
     return classes_lib.sidecar_path(model_path)
 
 
-def check_classes(model_path: str, num_outputs: int, manifest: dict, build_dir: str) -> None:
-    """Refuses a model trained on other classes than the build's (``RunError``); the class
-    list is the one inside the model, else a ``classes.json`` beside it."""
-    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
+def check_classes(model_path: str, num_outputs: int, build) -> None:
+    """Refuses a model trained on other classes than the opened ``build``'s (``RunError``);
+    the class list is the one inside the model, else a ``classes.json`` beside it."""
+    wnids, build_dir = list(build.wnids), build.path
     record, path = classes_lib.model_classes(model_path)
     if record is not None:
         model_wnids = record["wnids"]
@@ -197,49 +201,29 @@ def resolve_image_size(model, requested: int | None, model_path: str,
     return size
 
 
-def is_labelled(manifest: dict, split: str) -> bool:
-    """False for a split without labels (Tiny ImageNet's test split: every label is -1)."""
-    info = manifest["splits"].get(split, {})
-    if "labelled" in info:
-        return bool(info["labelled"])
-    return split != "test" and bool(info.get("per_class"))
-
-
-def predict_split(model, build_dir: str, manifest: dict, *, split: str, image_size: int,
-                  batch_size: int = 256, top_k: int = 5):
+def predict_split(model, build, *, split: str, image_size: int, batch_size: int = 256,
+                  top_k: int = 5, readers=None):
     """``(filenames, top-k label indices [N, k])`` of every image of ``split``, in shard order."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    names, probs = predict_probabilities(model, build_dir, manifest, split=split,
-                                         image_size=image_size, batch_size=batch_size)
+    names, probs = predict_probabilities(model, build, split=split, image_size=image_size,
+                                         batch_size=batch_size, readers=readers)
     if not len(names):
         return names, np.zeros((0, top_k), np.int32)
     return names, tf.math.top_k(probs, k=top_k).indices.numpy()
 
 
-def predict_probabilities(model, build_dir: str, manifest: dict, *, split: str,
-                          image_size: int, batch_size: int = 256):
-    """``(filenames, float32 probabilities [N, classes])`` of every image of ``split``, in
-    shard order: the evaluation's images (``pipeline.decode_batch``) through the model."""
+def predict_probabilities(model, build, *, split: str, image_size: int,
+                          batch_size: int = 256, readers=None):
+    """``(filenames, float32 probabilities [N, classes])`` of every image of ``split`` of the
+    opened ``build``, shard after shard in manifest order: the evaluation reader's images
+    (``pipeline.eval_dataset`` with filenames, not interleaved) through the model."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tinyimagenet_tfrecords import features  # pylint: disable=import-outside-toplevel
-    from tinyimagenet_tfrecords import manifest as manifest_lib
-    from tinyimagenet_tfrecords import pipeline
-    files = manifest_lib.shard_paths(build_dir, manifest, split)
-    storage = manifest.get("storage", "jpeg")
-
-    @tf.autograph.experimental.do_not_convert
-    def decode(serialized):
-        parsed = pipeline.parse_batch(serialized)
-        names = tf.io.parse_example(
-            serialized, {features.FILENAME: tf.io.FixedLenFeature([], tf.string)})
-        return pipeline.decode_batch(parsed, image_size, storage), names[features.FILENAME]
-
-    ds = (tf.data.TFRecordDataset(files).batch(batch_size)
-          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .prefetch(tf.data.AUTOTUNE))
+    ds = readers_lib.readers_of(build, readers).get(
+        split, image_size=image_size, batch_size=batch_size, with_filenames=True,
+        interleave=False)
     predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
     names, probs = [], []
-    for images, filenames in ds:
+    for images, _, filenames in ds:
         probs.append(predict(images).numpy())
         names.extend(n.decode("utf-8") for n in filenames.numpy())
     return names, (np.concatenate(probs) if probs else np.zeros((0, 0), np.float32))
@@ -255,12 +239,14 @@ def predictions_csv(filenames, top: np.ndarray, wnids) -> str:
     return buf.getvalue()
 
 
-def write_predictions(model, build_dir: str, path: str, *, manifest: dict, split: str,
-                      image_size: int, batch_size: int = 256) -> int:
-    """Writes ``path`` (see :func:`predictions_csv`); returns the number of images."""
-    wnids = [c["wnid"] for c in sorted(manifest["classes"], key=lambda c: c["label"])]
-    names, top = predict_split(model, build_dir, manifest, split=split, image_size=image_size,
-                               batch_size=batch_size, top_k=min(5, len(wnids)))
+def write_predictions(model, build, path: str, *, split: str, image_size: int,
+                      batch_size: int = 256, readers=None) -> int:
+    """Writes ``path`` (see :func:`predictions_csv`) for ``split`` of the opened ``build``;
+    returns the number of images."""
+    wnids = list(build.wnids)
+    names, top = predict_split(model, build, split=split, image_size=image_size,
+                               batch_size=batch_size, top_k=min(5, len(wnids)),
+                               readers=readers)
     paths.atomic_write_text(path, predictions_csv(names, top, wnids))
     return len(names)
 
@@ -297,10 +283,10 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
         raise RunError("give --out (a report) and/or --predictions (a CSV of predictions)")
     if not paths.isfile(model_path):
         raise RunError(f"--model={model_path}: no such model file")
-    manifest = manifest_lib.load_manifest(build_dir)
-    if split not in manifest["splits"]:
-        raise RunError(f"--split={split}: {build_dir} has {sorted(manifest['splits'])}")
-    if out and not is_labelled(manifest, split):
+    build = manifest_lib.open_build(build_dir)  # the one manifest read of this evaluation
+    if split not in build.split_names:
+        raise RunError(f"--split={split}: {build_dir} has {sorted(build.split_names)}")
+    if out and not build.split(split).labelled:
         raise RunError(f"--split={split}: {build_dir}'s {split} split is unlabelled, so there is "
                        "nothing to score; use --predictions=FILE.csv for its predictions")
     cli_lib.import_tensorflow_quietly()  # only now, with every cheap check passed
@@ -309,28 +295,24 @@ def evaluate_model(model_path: str, build_dir: str, *, out: str | None = None,
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, no traceback
         raise RunError(f"--model={model_path}: cannot load model: {type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}"[:300]) from None
-    check_classes(model_path, model.output_shape[-1], manifest, build_dir)
+    check_classes(model_path, model.output_shape[-1], build)
     size = resolve_image_size(model, image_size, model_path)
     result = {"report": None, "predictions": None, "image_size": size}
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from training import shards  # pylint: disable=import-outside-toplevel
+    readers = readers_lib.EvalReaders(build)
     try:
         if out:
             result["report"] = write_report(
-                model, build_dir, out, manifest=manifest, split=split, image_size=size,
-                batch_size=batch_size, xla=xla, misclassified=misclassified,
-                worst_k=worst_classes, model_name=os.path.basename(model_path))
+                model, build, out, split=split, image_size=size, batch_size=batch_size,
+                xla=xla, misclassified=misclassified, worst_k=worst_classes,
+                model_name=os.path.basename(model_path), readers=readers)
         if predictions:
             result["predictions"] = write_predictions(
-                model, build_dir, predictions, manifest=manifest, split=split,
-                image_size=size, batch_size=batch_size)
+                model, build, predictions, split=split, image_size=size,
+                batch_size=batch_size, readers=readers)
     except tf.errors.DataLossError as e:
-        raise shards.data_loss_failure(build_dir, manifest, e, splits=(split,)) from None
+        raise shards.data_loss_failure(build, e, splits=(split,)) from None
     except OSError as e:
         raise RunFailure(f"{e.filename or out or predictions}: {e.strerror or e}") from None
     return result
-
-
-if __name__ == "__main__":
-    from training import evaluate_main
-    evaluate_main.run()
