@@ -31,7 +31,7 @@ ENV.pop("TF_CONFIG", None)
 ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
         "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--augment=student_net2",
         "--bn_momentum=0.9", "--seed=3", "--noxla", "--progress=false", "--misclassified=0",
-        "--worst_classes=3", "--eval_batch_size=64"]
+        "--worst_classes=3", "--eval_batch_size=64", "--noexport"]
 COMPARED = ("epoch", "lr", "loss", "acc", "val_loss", "val_acc", "val_top5")
 
 

@@ -33,7 +33,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 LEARN_ARGS = ["--num_logical_cpus=2", "--model=net2", "--width=0.125", "--bn_momentum=0.9",
               "--image_size=32", "--val_image_size=32", "--batch_size=64", "--epochs=3",
               "--steps_per_epoch=30", "--steps_per_call=10", "--augment=student_net2",
-              "--learning_rate=2e-3", "--xla", "--progress=false", "--misclassified=12"]
+              "--learning_rate=2e-3", "--xla", "--progress=false", "--misclassified=12",
+              "--noexport"]
 # The resume runs: smaller still, two Triangular2 phases (augmentation in the second).
 # One replica: resume logic does not depend on the replica count, and tracing a 2-replica step
 # three times (three processes) would double this test's time.
@@ -42,7 +43,7 @@ RESUME_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16",
                "--lr_schedule=triangular2", "--deterministic", "--noxla", "--progress=false",
                "--phase=epochs=2,aug=none,min_lr=1e-3,max_lr=4e-3,step_epochs=1",
                "--phase=epochs=1,aug=student_net2,min_lr=1e-4,max_lr=1e-3,step_epochs=0.5",
-               "--misclassified=0"]
+               "--misclassified=0", "--noexport"]
 NOISE = ("WARNING: All log", "I0000", "E0000", "W0000")
 
 
@@ -69,7 +70,8 @@ def tiny_config(data, out, *, epochs=1, **kw):
     phase = config_lib.Phase(epochs=epochs, image_size=16, batch_size=32, augment="none",
                              plateau=False)
     settings = dict(model="net2", width=0.0625, batch_size=32, steps_per_epoch=2,
-                    val_image_size=16, xla=False, misclassified=0, progress=False)
+                    val_image_size=16, xla=False, misclassified=0, progress=False,
+                    export=False)
     settings.update(kw)
     return config_lib.RunConfig(data=data, out=out, phases=(phase,), **settings)
 
