@@ -30,7 +30,46 @@ needs_sample = pytest.mark.skipif(not SAMPLE_PRESENT, reason=SKIP_REASON)
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: subprocess trainings and recipe compiles (deselect with -m 'not slow')")
+        "markers", "slow: long tests (trainings, recipe compiles, whole builds of the real "
+        "sample); deselect with -m 'not slow'")
+    config.addinivalue_line(
+        "markers", "subprocess: needs a process of its own (signals, several processes, "
+        "logical devices configured before TensorFlow starts, a clean interpreter); "
+        "deselect with -m 'not subprocess'")
+    config.addinivalue_line(
+        "markers", "sample: reads the real sample (set by conftest on every test that asks for "
+        "sample_dir or carries needs_sample); these skip without one")
+
+
+def _reads_sample_directly(function) -> bool:
+    """Whether a test's code (nested functions included) names conftest's sample path."""
+    codes, seen = [getattr(function, "__code__", None)], set()
+    while codes:
+        code = codes.pop()
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        if {"SAMPLE", "SAMPLE_PRESENT"} & set(code.co_names):
+            return True
+        codes += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the real-sample tests ``sample`` and refuses a test that reads the sample's path
+    without asking for it (it would fail, not skip, in a clone with no sample beside it)."""
+    del config
+    unmarked = []
+    for item in items:
+        by_mark = any(m.kwargs.get("reason") == SKIP_REASON for m in item.iter_markers("skipif"))
+        if by_mark or "sample_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sample)
+        elif _reads_sample_directly(getattr(item, "function", None)):
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests read conftest.SAMPLE without the sample_dir fixture or needs_sample, so "
+            "they fail instead of skipping where there is no sample: " + ", ".join(unmarked))
 
 
 @pytest.fixture
