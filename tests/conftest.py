@@ -28,7 +28,19 @@ SKIP_REASON = (f"no real Tiny ImageNet sample at {SAMPLE}: set TIN_SAMPLE to a f
 needs_sample = pytest.mark.skipif(not SAMPLE_PRESENT, reason=SKIP_REASON)
 
 
+# Tests marked ``two_cpus`` run in ONE child pytest for the whole session, started with this
+# variable set: its conftest splits the CPU into two logical devices before TensorFlow starts
+# (a process can do that once, before its first op). The parent reports the child's outcomes.
+TWO_CPUS_CHILD = os.environ.get("TIN_TEST_TWO_CPUS_RESULTS", "")
+
+
 def pytest_configure(config):
+    if TWO_CPUS_CHILD:
+        from training import strategy  # pylint: disable=import-outside-toplevel
+        strategy.configure_logical_cpus(2)
+    config.addinivalue_line(
+        "markers", "two_cpus: runs on two logical CPUs (MirroredStrategy, 2 replicas); every "
+        "such test of a session runs in one child pytest (implies subprocess)")
     config.addinivalue_line(
         "markers", "slow: long tests (trainings, recipe compiles, whole builds of the real "
         "sample); deselect with -m 'not slow'")
@@ -66,6 +78,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.sample)
         elif _reads_sample_directly(getattr(item, "function", None)):
             unmarked.append(item.nodeid)
+        if item.get_closest_marker("two_cpus"):
+            item.add_marker(pytest.mark.subprocess)
     if unmarked:
         raise pytest.UsageError(
             "these tests read conftest.SAMPLE without the sample_dir fixture or needs_sample, so "
@@ -160,3 +174,75 @@ def committed_checkpoint(out: str) -> int:
     except FileNotFoundError:
         return 0
     return int(match.group(1)) if match else 0
+
+
+# --- the two-logical-CPU child -----------------------------------------------------------------
+
+
+def _two_cpus_results(session) -> dict:
+    """Runs every ``two_cpus`` test of ``session`` in one child pytest (once) and returns
+    ``{nodeid: (outcome, text)}`` from the reports it wrote."""
+    cached = getattr(session, "_two_cpus_results", None)
+    if cached is not None:
+        return cached
+    import json  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    ids = [i.nodeid for i in session.items if i.get_closest_marker("two_cpus")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "reports.jsonl")
+        env = {**os.environ, "TIN_TEST_TWO_CPUS_RESULTS": path, "PYTHONPATH": ROOT,
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "-o", "addopts=", *ids], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=900, check=False)
+        results = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    report = json.loads(line)
+                    if report["outcome"] != "passed" or report["nodeid"] not in results:
+                        results[report["nodeid"]] = (report["outcome"], report["text"])
+    tail = (f"two-CPU child pytest exited {proc.returncode} without a report:\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+    session._two_cpus_results = {i: results.get(i, ("failed", tail)) for i in ids}
+    return session._two_cpus_results
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """In the parent, a ``two_cpus`` test's body ran in the child: report what it did there."""
+    if TWO_CPUS_CHILD or pyfuncitem.get_closest_marker("two_cpus") is None:
+        return None
+    outcome, text = _two_cpus_results(pyfuncitem.session)[pyfuncitem.nodeid]
+    if outcome == "skipped":
+        pytest.skip(text)
+    if outcome != "passed":
+        pytest.fail(f"in the two-CPU child:\n{text}", pytrace=False)
+    return True
+
+
+def pytest_runtest_logreport(report):
+    """In the child, records every phase's outcome for the parent (failures with their text)."""
+    if not TWO_CPUS_CHILD or (report.when != "call" and report.passed):
+        return
+    import json  # pylint: disable=import-outside-toplevel
+    text = report.longreprtext if not report.passed else ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        text = report.longrepr[2]
+    with open(TWO_CPUS_CHILD, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"nodeid": report.nodeid, "outcome": report.outcome,
+                            "text": text}) + "\n")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.tin_exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """The child ends without the interpreter's teardown of MirroredStrategy's threads (slow)."""
+    if TWO_CPUS_CHILD:
+        import sys  # pylint: disable=import-outside-toplevel
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(getattr(config, "tin_exit_status", 1))
