@@ -173,7 +173,7 @@ def synthetic_builds(tmp_path_factory):
     """A generated 10-class copy (with grayscale JPEGs) built in both storages, default shards."""
     root = tmp_path_factory.mktemp("synthetic_builds")
     src = synthetic.make_synthetic_dataset(str(root / "src"), num_classes=10,
-                                           train_per_class=200, num_val=30, num_test=5,
+                                           train_per_class=60, num_val=30, num_test=5,
                                            image_size=16, workers=1)
     out = {"src": src}
     for storage, workers in (("jpeg", 2), ("raw", 1)):
@@ -538,6 +538,7 @@ def test_class_emptied_by_skip_corrupt_is_refused(tmp_path):
     assert no_finished_output(tmp_path / "out")
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_bad_input_with_one_line_and_status_2(tmp_path):
     src = tiny_dataset(tmp_path)
     ann = os.path.join(src, "val", "val_annotations.txt")
@@ -569,6 +570,7 @@ def test_failed_build_removes_its_temporary_folder(tmp_path, monkeypatch):
     assert no_finished_output(tmp_path / "out")
 
 
+@pytest.mark.subprocess
 def test_killed_build_leaves_nothing_that_looks_finished(tmp_path):
     src = tiny_dataset(tmp_path, train_per_class=600, workers=2)
     out = tmp_path / "out"
@@ -776,11 +778,19 @@ def test_download_with_sha256_mismatch_is_refused(zip_server, tmp_path):
 from tinyimagenet_tfrecords import verify  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def _tiny_build_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_build")
+    out = root / "out"
+    build_quiet(tiny_dataset(root), out, storage="raw")
+    return out
+
+
 @pytest.fixture
-def tiny_build(tmp_path):
-    src = tiny_dataset(tmp_path)
+def tiny_build(_tiny_build_once, tmp_path):
+    """A private copy of one small raw build (3 classes), which the test may damage."""
     out = tmp_path / "out"
-    build_quiet(src, out, storage="raw")
+    shutil.copytree(_tiny_build_once, out)
     return out
 
 
@@ -867,6 +877,7 @@ def test_verify_catches_missing_and_unlisted_shards(tiny_build):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, capsys):
     assert verify.run(str(tiny_build)) == 0
     assert "OK (train 12, val 6, test 3 examples" in capsys.readouterr().out
@@ -892,6 +903,7 @@ def test_selected_splits_only_and_shards_capped_at_split_size(tmp_path):
         [f"val-{i:05d}-of-00006.tfrecord" for i in range(6)] + ["manifest.json"])
 
 
+@pytest.mark.subprocess
 def test_synthetic_cli_writes_the_real_layout_with_grayscale_images(tmp_path):
     dest = tmp_path / "synth"
     proc = subprocess.run(
@@ -971,6 +983,7 @@ def _stored_zip(src, path) -> str:
     return path
 
 
+@pytest.mark.subprocess
 def test_zip_member_with_bad_crc_ends_in_one_line_naming_it_and_skip_corrupt_skips_it(tmp_path):
     src = tiny_dataset(tmp_path, train_per_class=6)
     w1 = synthetic.synthetic_wnid(1)
@@ -1154,6 +1167,7 @@ def test_interrupted_copy_to_a_url_leaves_no_manifest_and_no_shards(tmp_path, mo
         manifest_lib.load_manifest(url)
 
 
+@pytest.mark.subprocess
 def test_converter_modules_never_import_tensorflow():
     code = ("import sys; import tinyimagenet_tfrecords.build, tinyimagenet_tfrecords.source, "
             "tinyimagenet_tfrecords.features, tinyimagenet_tfrecords.manifest, "
@@ -1171,6 +1185,7 @@ def test_converter_modules_never_import_tensorflow():
     ("tinyimagenet_tfrecords.build", ["--src", "--out", "--storage", "--[no]skip_corrupt"]),
     ("tinyimagenet_tfrecords.verify", ["--[no]decode"]),
 ])
+@pytest.mark.subprocess
 def test_console_script_help_lists_the_flags(tmp_path, module, flags_expected):
     # What pip writes for a console_scripts entry point (tin-build, tin-verify).
     wrapper = tmp_path / ("tin-" + module.rsplit(".", 1)[1])
@@ -1196,6 +1211,7 @@ def test_console_script_help_lists_the_flags(tmp_path, module, flags_expected):
     (["-m", "tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
     (["-m", "benchmarks.build", "--storage=png"], "png"),
 ])
+@pytest.mark.subprocess
 def test_each_tool_exits_2_with_one_line_on_bad_input(tmp_path, args, expected):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, *args], cwd=str(tmp_path), env=env,
@@ -1208,6 +1224,7 @@ def test_each_tool_exits_2_with_one_line_on_bad_input(tmp_path, args, expected):
 # --- A real sample from the official zip --------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_sample_command_extracts_classes_val_and_test_from_a_zip(tmp_path):
     from tinyimagenet_tfrecords import sample
     src = tiny_dataset(tmp_path, num_classes=5, train_per_class=3, num_val=10, num_test=6)

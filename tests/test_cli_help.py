@@ -76,6 +76,7 @@ def test_every_benchmark_command_is_checked():
     ["train_main.py"],  # the longest help: absl's own write is caught, its next print is not
     pytest.param(["-m", "augment.grid"], marks=pytest.mark.slow),  # own parser; imports TF
 ])
+@pytest.mark.subprocess
 def test_help_into_a_closed_pipe_ends_quietly(command):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written, as after `| head -1`

@@ -72,6 +72,7 @@ def test_progress_on_a_terminal_rewrites_one_line():
 
 
 @pytest.mark.slow  # a subprocess importing TensorFlow
+@pytest.mark.subprocess
 def test_tensorflow_start_up_noise_is_not_printed():
     proc = subprocess.run(
         [sys.executable, "-c", "from training import console; "

@@ -190,6 +190,7 @@ def _jax_python():
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_networks_train_under_the_jax_backend_without_tensorflow(tmp_path):
     """Optional: runs where JAX is installed (``TIN_JAX_PYTHON`` may name a separate venv)."""
     python = _jax_python()
@@ -318,6 +319,7 @@ def test_net1_compiles_under_xla_in_the_products_train_step_and_lowers_the_loss(
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects(tmp_path):
     """A fresh interpreter must fail to load without ``import models`` and succeed with it."""
     model = models.build("net1", num_classes=10, width=TINY)

@@ -193,6 +193,7 @@ def learned_run(synthetic_build, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_tiny_net2_learns_under_mirrored_strategy_with_xla(learned_run):
     out, _ = learned_run
     with open(os.path.join(out, "summary.json")) as f:
@@ -208,6 +209,7 @@ def test_tiny_net2_learns_under_mirrored_strategy_with_xla(learned_run):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_writes_every_report(learned_run, synthetic_build):
     out, proc = learned_run
     rows = read_csv(os.path.join(out, "history.csv"))
@@ -248,6 +250,7 @@ def test_a_run_writes_every_report(learned_run, synthetic_build):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_evaluate_cli_reproduces_the_run_report(learned_run, synthetic_build, tmp_path):
     out, _ = learned_run
     with open(os.path.join(out, "eval", "report.json")) as f:
@@ -266,6 +269,7 @@ def test_evaluate_cli_reproduces_the_run_report(learned_run, synthetic_build, tm
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_tiny_net2_learns_the_real_sample(sample_build, tmp_path):
     out = str(tmp_path / "run")
     proc = train_main(f"--data={sample_build}", f"--out={out}", *LEARN_ARGS)
@@ -278,6 +282,7 @@ def test_tiny_net2_learns_the_real_sample(sample_build, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tmp_path):
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     # The reference and the first part of the killed run in parallel (2 cores).
@@ -305,6 +310,7 @@ def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tm
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir):
     other = tmp_path / "other"
     other.mkdir()
