@@ -98,6 +98,31 @@ def read_only_dir(tmp_path):
     subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
+
+
+@pytest.fixture
+def fresh_flags(monkeypatch):
+    """absl's flag registry with only absl's own flags (as a new process has it), so a tool
+    runs in-process as ``python -m <tool>`` would (``runpy`` as ``__main__``); the registry is
+    put back afterwards."""
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    fv = flags.FLAGS
+    app.define_help_flags()
+    saved = {k: _copy(v) for k, v in fv.__dict__.items()}
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
+    monkeypatch.setattr(app._run_init, "done", True)  # no absl logging/faulthandler set-up
+    yield fv
+    fv.__dict__.clear()
+    fv.__dict__.update(saved)
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> str:
     """The real sample's folder (skips the test when there is none)."""

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -1181,44 +1182,61 @@ def test_converter_modules_never_import_tensorflow():
 # --- Command lines: --help lists the flags, exit 2 for bad input -------------------------------
 
 
+def _run_tool(argv, *, path=None):
+    """Runs a command in-process as ``python -m <tool>`` (or ``python <path>``) would, on a
+    fresh flag registry (the ``fresh_flags`` fixture); returns its exit status."""
+    with pytest.raises(SystemExit) as done:
+        if path:
+            runpy.run_path(path, run_name="__main__")
+        else:
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    return done.value.code
+
+
 @pytest.mark.parametrize("module, flags_expected", [
     ("tinyimagenet_tfrecords.build", ["--src", "--out", "--storage", "--[no]skip_corrupt"]),
     ("tinyimagenet_tfrecords.verify", ["--[no]decode"]),
 ])
-@pytest.mark.subprocess
-def test_console_script_help_lists_the_flags(tmp_path, module, flags_expected):
+@pytest.mark.parametrize("how", ["console_script", "module"])
+def test_console_script_help_lists_the_flags(fresh_flags, monkeypatch, capsys, tmp_path, module,
+                                             flags_expected, how):
     # What pip writes for a console_scripts entry point (tin-build, tin-verify).
     wrapper = tmp_path / ("tin-" + module.rsplit(".", 1)[1])
     wrapper.write_text(f"import re, sys\nfrom {module} import cli\n"
                        "if __name__ == '__main__':\n"
                        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
                        "    sys.exit(cli())\n")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    for cmd in ([sys.executable, str(wrapper), "--help"],
-                [sys.executable, "-m", module, "--help"]):
-        proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                              timeout=120)
-        for flag in flags_expected:
-            assert flag in proc.stdout, (cmd, proc.stdout)
+    if how == "console_script":
+        monkeypatch.setattr(sys, "argv", [str(wrapper), "--help"])
+        status = _run_tool(None, path=str(wrapper))
+    else:
+        monkeypatch.setattr(sys, "argv", [module, "--help"])
+        status = _run_tool([module])
+    out = capsys.readouterr().out
+    assert status == 0, out[-2000:]
+    for flag in flags_expected:
+        assert flag in out, (how, out)
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["-m", "tinyimagenet_tfrecords.build", "--out=x"], "--src"),
-    (["-m", "tinyimagenet_tfrecords.build", "--src=/no/such/src", "--out=x"], "/no/such/src"),
-    (["-m", "tinyimagenet_tfrecords.verify", "/no/such/build"], "/no/such/build"),
-    (["-m", "tinyimagenet_tfrecords.verify"], "usage"),
-    (["-m", "tinyimagenet_tfrecords.synthetic", "--dest=x", "--num_classes=0"], "num_classes"),
-    (["-m", "tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
-    (["-m", "benchmarks.build", "--storage=png"], "png"),
+    (["tinyimagenet_tfrecords.build", "--out=x"], "--src"),
+    (["tinyimagenet_tfrecords.build", "--src=/no/such/src", "--out=x"], "/no/such/src"),
+    (["tinyimagenet_tfrecords.verify", "/no/such/build"], "/no/such/build"),
+    (["tinyimagenet_tfrecords.verify"], "usage"),
+    (["tinyimagenet_tfrecords.synthetic", "--dest=x", "--num_classes=0"], "num_classes"),
+    (["tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
+    (["benchmarks.build", "--storage=png"], "png"),
 ])
-@pytest.mark.subprocess
-def test_each_tool_exits_2_with_one_line_on_bad_input(tmp_path, args, expected):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, *args], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if ": error:" in line]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+def test_each_tool_exits_2_with_one_line_on_bad_input(fresh_flags, monkeypatch, capsys, tmp_path,
+                                                       args, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(args))
+    status = _run_tool(args)  # an exception escaping instead of SystemExit fails here
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error:" in line]
+    assert status == 2, err
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 # --- A real sample from the official zip --------------------------------------------------------
