@@ -174,7 +174,7 @@ def synthetic_builds(tmp_path_factory):
     """A generated 10-class copy (with grayscale JPEGs) built in both storages, default shards."""
     root = tmp_path_factory.mktemp("synthetic_builds")
     src = synthetic.make_synthetic_dataset(str(root / "src"), num_classes=10,
-                                           train_per_class=60, num_val=30, num_test=5,
+                                           train_per_class=200, num_val=30, num_test=5,
                                            image_size=16, workers=1)
     out = {"src": src}
     for storage, workers in (("jpeg", 2), ("raw", 1)):
