@@ -309,9 +309,9 @@ def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tm
                                    rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir):
+def _bad_inputs(tmp_path, synthetic_build, read_only_dir):
+    """Ten bad command lines for train_main: ``{name: (args, what its one line names)}``, the
+    folders they point at made in ``tmp_path``."""
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"model": "net1"}\n')
@@ -325,7 +325,8 @@ def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, re
     os.remove(holey / "train-00000-of-00002.tfrecord")
     locked = tmp_path / "locked"
     locked.mkdir()
-    (locked / "run.lock").write_text(json.dumps({"pid": os.getpid(),
+    # A live process that is not the trainer (in-process, the trainer is this process).
+    (locked / "run.lock").write_text(json.dumps({"pid": os.getppid(),
                                                  "host": os.uname().nodename}))
     data = f"--data={synthetic_build}"
     common = ["--epochs=1", "--width=0.0625", "--image_size=16", "--val_image_size=16"]
@@ -343,19 +344,57 @@ def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, re
         "read_only": ([data, f"--out={read_only_dir}/run"], "cannot write"),
         "locked": ([data, f"--out={locked}"], "in use by another training"),
     }
-    procs = {k: train_main(*common, *args, wait=False) for k, (args, _) in cases.items()}
-    for name, p in procs.items():
-        _, err = p.communicate(timeout=200)
-        lines = stderr_lines(err)
-        assert p.returncode == 2, (name, err[-2000:])
-        assert "Traceback" not in err, (name, err[-2000:])
-        assert len(lines) == 1 and cases[name][1] in lines[0], (name, lines)
-    # Nothing was written or overwritten.
-    assert (other / "config.json").read_text() == '{"model": "net1"}\n'
-    assert sorted(os.listdir(stranger)) == ["notes.txt"]
-    assert sorted(os.listdir(locked)) == ["run.lock"]
+    return {k: (common + args, line) for k, (args, line) in cases.items()}
+
+
+def _nothing_written(tmp_path, read_only_dir):
+    assert (tmp_path / "other" / "config.json").read_text() == '{"model": "net1"}\n'
+    assert sorted(os.listdir(tmp_path / "stranger")) == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path / "locked")) == ["run.lock"]
     assert os.listdir(read_only_dir) == []
     assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 7))
+
+
+def _train_main_in_process(args, monkeypatch, capsys):
+    """``python train_main.py ARGS`` run in this process (on conftest's ``fresh_flags``
+    registry), its signal handlers put back; returns (exit status, stderr)."""
+    import runpy
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "train_main.py"), *args])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as done:  # an exception instead fails the test here
+            runpy.run_path(os.path.join(ROOT, "train_main.py"), run_name="__main__")
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    return done.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["missing", "unfinished", "range", "phase", "model_size",
+                                  "other_run", "stranger", "read_only", "locked"])
+def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir,
+                                                   fresh_flags, monkeypatch, capsys, name):
+    args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)[name]
+    status, err = _train_main_in_process(args, monkeypatch, capsys)
+    lines = stderr_lines(err)
+    assert status == 2, err[-2000:]
+    assert len(lines) == 1 and expected in lines[0], lines
+    _nothing_written(tmp_path, read_only_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_bad_input_in_a_real_process_is_one_line_without_tensorflow_noise(
+        synthetic_build, tmp_path, read_only_dir):
+    """The same refusal as a process prints it (TensorFlow's C++ start-up lines included):
+    the missing shard, found after TensorFlow started."""
+    args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)["shard"]
+    proc = train_main(*args)
+    lines = stderr_lines(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and expected in lines[0], lines
+    _nothing_written(tmp_path, read_only_dir)
 
 
 @pytest.mark.slow
