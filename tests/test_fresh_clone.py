@@ -51,6 +51,7 @@ def _pytest_in(clone, *args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # collects every test module in a child (imports TensorFlow): ~15 s CPU
 @pytest.mark.subprocess
 def test_a_clone_imports_every_test_module_and_skips_the_sample_tests_saying_why(clone):
     proc = _pytest_in(clone, "-m", "sample", "tests")
