@@ -28,9 +28,62 @@ SKIP_REASON = (f"no real Tiny ImageNet sample at {SAMPLE}: set TIN_SAMPLE to a f
 needs_sample = pytest.mark.skipif(not SAMPLE_PRESENT, reason=SKIP_REASON)
 
 
+# Tests marked ``two_cpus`` run in ONE child pytest for the whole session, started with this
+# variable set: its conftest splits the CPU into two logical devices before TensorFlow starts
+# (a process can do that once, before its first op). The parent reports the child's outcomes.
+TWO_CPUS_CHILD = os.environ.get("TIN_TEST_TWO_CPUS_RESULTS", "")
+
+
 def pytest_configure(config):
+    if TWO_CPUS_CHILD:
+        from training import strategy  # pylint: disable=import-outside-toplevel
+        strategy.configure_logical_cpus(2)
     config.addinivalue_line(
-        "markers", "slow: subprocess trainings and recipe compiles (deselect with -m 'not slow')")
+        "markers", "two_cpus: runs on two logical CPUs (MirroredStrategy, 2 replicas); every "
+        "such test of a session runs in one child pytest (implies subprocess)")
+    config.addinivalue_line(
+        "markers", "slow: long tests (trainings, recipe compiles, whole builds of the real "
+        "sample); deselect with -m 'not slow'")
+    config.addinivalue_line(
+        "markers", "subprocess: needs a process of its own (signals, several processes, "
+        "logical devices configured before TensorFlow starts, a clean interpreter); "
+        "deselect with -m 'not subprocess'")
+    config.addinivalue_line(
+        "markers", "sample: reads the real sample (set by conftest on every test that asks for "
+        "sample_dir or carries needs_sample); these skip without one")
+
+
+def _reads_sample_directly(function) -> bool:
+    """Whether a test's code (nested functions included) names conftest's sample path."""
+    codes, seen = [getattr(function, "__code__", None)], set()
+    while codes:
+        code = codes.pop()
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        if {"SAMPLE", "SAMPLE_PRESENT"} & set(code.co_names):
+            return True
+        codes += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the real-sample tests ``sample`` and refuses a test that reads the sample's path
+    without asking for it (it would fail, not skip, in a clone with no sample beside it)."""
+    del config
+    unmarked = []
+    for item in items:
+        by_mark = any(m.kwargs.get("reason") == SKIP_REASON for m in item.iter_markers("skipif"))
+        if by_mark or "sample_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.sample)
+        elif _reads_sample_directly(getattr(item, "function", None)):
+            unmarked.append(item.nodeid)
+        if item.get_closest_marker("two_cpus"):
+            item.add_marker(pytest.mark.subprocess)
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests read conftest.SAMPLE without the sample_dir fixture or needs_sample, so "
+            "they fail instead of skipping where there is no sample: " + ", ".join(unmarked))
 
 
 @pytest.fixture
@@ -43,6 +96,31 @@ def read_only_dir(tmp_path):
         pytest.skip("chattr +i not available here")
     yield path
     subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
+
+
+@pytest.fixture
+def fresh_flags(monkeypatch):
+    """absl's flag registry with only absl's own flags (as a new process has it), so a tool
+    runs in-process as ``python -m <tool>`` would (``runpy`` as ``__main__``); the registry is
+    put back afterwards."""
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    fv = flags.FLAGS
+    app.define_help_flags()
+    saved = {k: _copy(v) for k, v in fv.__dict__.items()}
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
+    monkeypatch.setattr(app._run_init, "done", True)  # no absl logging/faulthandler set-up
+    yield fv
+    fv.__dict__.clear()
+    fv.__dict__.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +199,75 @@ def committed_checkpoint(out: str) -> int:
     except FileNotFoundError:
         return 0
     return int(match.group(1)) if match else 0
+
+
+# --- the two-logical-CPU child -----------------------------------------------------------------
+
+
+def _two_cpus_results(session) -> dict:
+    """Runs every ``two_cpus`` test of ``session`` in one child pytest (once) and returns
+    ``{nodeid: (outcome, text)}`` from the reports it wrote."""
+    cached = getattr(session, "_two_cpus_results", None)
+    if cached is not None:
+        return cached
+    import json  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    ids = [i.nodeid for i in session.items if i.get_closest_marker("two_cpus")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "reports.jsonl")
+        env = {**os.environ, "TIN_TEST_TWO_CPUS_RESULTS": path, "PYTHONPATH": ROOT,
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "-o", "addopts=", *ids], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=900, check=False)
+        results = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    report = json.loads(line)
+                    if report["outcome"] != "passed" or report["nodeid"] not in results:
+                        results[report["nodeid"]] = (report["outcome"], report["text"])
+    tail = (f"two-CPU child pytest exited {proc.returncode} without a report:\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+    session._two_cpus_results = {i: results.get(i, ("failed", tail)) for i in ids}
+    return session._two_cpus_results
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """In the parent, a ``two_cpus`` test's body ran in the child: report what it did there."""
+    if TWO_CPUS_CHILD or pyfuncitem.get_closest_marker("two_cpus") is None:
+        return None
+    outcome, text = _two_cpus_results(pyfuncitem.session)[pyfuncitem.nodeid]
+    if outcome == "skipped":
+        pytest.skip(text)
+    if outcome != "passed":
+        pytest.fail(f"in the two-CPU child:\n{text}", pytrace=False)
+    return True
+
+
+def pytest_runtest_logreport(report):
+    """In the child, records every phase's outcome for the parent (failures with their text)."""
+    if not TWO_CPUS_CHILD or (report.when != "call" and report.passed):
+        return
+    import json  # pylint: disable=import-outside-toplevel
+    text = report.longreprtext if not report.passed else ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        text = report.longrepr[2]
+    with open(TWO_CPUS_CHILD, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"nodeid": report.nodeid, "outcome": report.outcome,
+                            "text": text}) + "\n")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.tin_exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """The child ends without the interpreter's teardown of MirroredStrategy's threads (slow)."""
+    if TWO_CPUS_CHILD:
+        import sys  # pylint: disable=import-outside-toplevel
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(getattr(config, "tin_exit_status", 1))

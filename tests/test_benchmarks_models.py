@@ -128,6 +128,7 @@ def _run(args, env=None, python=sys.executable, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_models_bench_cli_prints_a_table_the_machine_and_one_json_line():
     proc = _run(["-m", "benchmarks.models", "--models=net2", "--width=0.0625", "--batch=2",
                  "--size=16", "--steps=1", "--num_classes=10", "--noxla"])
@@ -146,6 +147,7 @@ def test_models_bench_cli_prints_a_table_the_machine_and_one_json_line():
     ("benchmarks.train_step", ["--models=net3"]),
     ("benchmarks.train_step", ["--augment=nope"]),
 ])
+@pytest.mark.subprocess
 def test_bench_clis_refuse_bad_flags_with_one_line_and_exit_2(module, args):
     proc = _run(["-m", module, *args])
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
@@ -162,6 +164,7 @@ def _jax_python():
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_backend_neutral_mode_runs_on_jax_without_importing_tensorflow():
     """Optional: runs where JAX is installed (``TIN_JAX_PYTHON`` may name a separate venv)."""
     python = _jax_python()

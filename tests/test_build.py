@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -538,6 +539,7 @@ def test_class_emptied_by_skip_corrupt_is_refused(tmp_path):
     assert no_finished_output(tmp_path / "out")
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_bad_input_with_one_line_and_status_2(tmp_path):
     src = tiny_dataset(tmp_path)
     ann = os.path.join(src, "val", "val_annotations.txt")
@@ -569,6 +571,7 @@ def test_failed_build_removes_its_temporary_folder(tmp_path, monkeypatch):
     assert no_finished_output(tmp_path / "out")
 
 
+@pytest.mark.subprocess
 def test_killed_build_leaves_nothing_that_looks_finished(tmp_path):
     src = tiny_dataset(tmp_path, train_per_class=600, workers=2)
     out = tmp_path / "out"
@@ -776,11 +779,19 @@ def test_download_with_sha256_mismatch_is_refused(zip_server, tmp_path):
 from tinyimagenet_tfrecords import verify  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def _tiny_build_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_build")
+    out = root / "out"
+    build_quiet(tiny_dataset(root), out, storage="raw")
+    return out
+
+
 @pytest.fixture
-def tiny_build(tmp_path):
-    src = tiny_dataset(tmp_path)
+def tiny_build(_tiny_build_once, tmp_path):
+    """A private copy of one small raw build (3 classes), which the test may damage."""
     out = tmp_path / "out"
-    build_quiet(src, out, storage="raw")
+    shutil.copytree(_tiny_build_once, out)
     return out
 
 
@@ -867,6 +878,7 @@ def test_verify_catches_missing_and_unlisted_shards(tiny_build):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, capsys):
     assert verify.run(str(tiny_build)) == 0
     assert "OK (train 12, val 6, test 3 examples" in capsys.readouterr().out
@@ -892,6 +904,7 @@ def test_selected_splits_only_and_shards_capped_at_split_size(tmp_path):
         [f"val-{i:05d}-of-00006.tfrecord" for i in range(6)] + ["manifest.json"])
 
 
+@pytest.mark.subprocess
 def test_synthetic_cli_writes_the_real_layout_with_grayscale_images(tmp_path):
     dest = tmp_path / "synth"
     proc = subprocess.run(
@@ -971,6 +984,7 @@ def _stored_zip(src, path) -> str:
     return path
 
 
+@pytest.mark.subprocess
 def test_zip_member_with_bad_crc_ends_in_one_line_naming_it_and_skip_corrupt_skips_it(tmp_path):
     src = tiny_dataset(tmp_path, train_per_class=6)
     w1 = synthetic.synthetic_wnid(1)
@@ -1155,6 +1169,7 @@ def test_interrupted_copy_to_a_url_leaves_no_manifest_and_no_shards(tmp_path, mo
         manifest_lib.load_manifest(url)
 
 
+@pytest.mark.subprocess
 def test_converter_modules_never_import_tensorflow():
     code = ("import sys; import tinyimagenet_tfrecords.build, tinyimagenet_tfrecords.source, "
             "tinyimagenet_tfrecords.features, tinyimagenet_tfrecords.manifest, "
@@ -1168,47 +1183,67 @@ def test_converter_modules_never_import_tensorflow():
 # --- Command lines: --help lists the flags, exit 2 for bad input -------------------------------
 
 
+def _run_tool(argv, *, path=None):
+    """Runs a command in-process as ``python -m <tool>`` (or ``python <path>``) would, on a
+    fresh flag registry (the ``fresh_flags`` fixture); returns its exit status."""
+    with pytest.raises(SystemExit) as done:
+        if path:
+            runpy.run_path(path, run_name="__main__")
+        else:
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    return done.value.code
+
+
 @pytest.mark.parametrize("module, flags_expected", [
     ("tinyimagenet_tfrecords.build", ["--src", "--out", "--storage", "--[no]skip_corrupt"]),
     ("tinyimagenet_tfrecords.verify", ["--[no]decode"]),
 ])
-def test_console_script_help_lists_the_flags(tmp_path, module, flags_expected):
+@pytest.mark.parametrize("how", ["console_script", "module"])
+def test_console_script_help_lists_the_flags(fresh_flags, monkeypatch, capsys, tmp_path, module,
+                                             flags_expected, how):
     # What pip writes for a console_scripts entry point (tin-build, tin-verify).
     wrapper = tmp_path / ("tin-" + module.rsplit(".", 1)[1])
     wrapper.write_text(f"import re, sys\nfrom {module} import cli\n"
                        "if __name__ == '__main__':\n"
                        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
                        "    sys.exit(cli())\n")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    for cmd in ([sys.executable, str(wrapper), "--help"],
-                [sys.executable, "-m", module, "--help"]):
-        proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                              timeout=120)
-        for flag in flags_expected:
-            assert flag in proc.stdout, (cmd, proc.stdout)
+    if how == "console_script":
+        monkeypatch.setattr(sys, "argv", [str(wrapper), "--help"])
+        status = _run_tool(None, path=str(wrapper))
+    else:
+        monkeypatch.setattr(sys, "argv", [module, "--help"])
+        status = _run_tool([module])
+    out = capsys.readouterr().out
+    assert status == 0, out[-2000:]
+    for flag in flags_expected:
+        assert flag in out, (how, out)
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["-m", "tinyimagenet_tfrecords.build", "--out=x"], "--src"),
-    (["-m", "tinyimagenet_tfrecords.build", "--src=/no/such/src", "--out=x"], "/no/such/src"),
-    (["-m", "tinyimagenet_tfrecords.verify", "/no/such/build"], "/no/such/build"),
-    (["-m", "tinyimagenet_tfrecords.verify"], "usage"),
-    (["-m", "tinyimagenet_tfrecords.synthetic", "--dest=x", "--num_classes=0"], "num_classes"),
-    (["-m", "tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
-    (["-m", "benchmarks.build", "--storage=png"], "png"),
+    (["tinyimagenet_tfrecords.build", "--out=x"], "--src"),
+    (["tinyimagenet_tfrecords.build", "--src=/no/such/src", "--out=x"], "/no/such/src"),
+    (["tinyimagenet_tfrecords.verify", "/no/such/build"], "/no/such/build"),
+    (["tinyimagenet_tfrecords.verify"], "usage"),
+    (["tinyimagenet_tfrecords.synthetic", "--dest=x", "--num_classes=0"], "num_classes"),
+    (["tinyimagenet_tfrecords.sample", "--src=/no/such/zip", "--out=x"], "/no/such/zip"),
+    (["benchmarks.build", "--storage=png"], "png"),
 ])
-def test_each_tool_exits_2_with_one_line_on_bad_input(tmp_path, args, expected):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, *args], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if ": error:" in line]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+def test_each_tool_exits_2_with_one_line_on_bad_input(fresh_flags, monkeypatch, capsys, tmp_path,
+                                                       args, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(args))
+    status = _run_tool(args)  # an exception escaping instead of SystemExit fails here
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error:" in line]
+    assert status == 2, err
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 # --- A real sample from the official zip --------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_sample_command_extracts_classes_val_and_test_from_a_zip(tmp_path):
     from tinyimagenet_tfrecords import sample
     src = tiny_dataset(tmp_path, num_classes=5, train_per_class=3, num_val=10, num_test=6)

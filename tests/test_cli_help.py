@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
@@ -32,28 +31,6 @@ TOOLS = [
     ("benchmarks.models", "--backend_neutral"),
     ("benchmarks.train_step", "--precisions"),
 ]
-
-
-def _copy(value):
-    if isinstance(value, dict):
-        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
-    return value
-
-
-@pytest.fixture
-def fresh_flags(monkeypatch):
-    """absl's flag registry with only absl's own flags (as a new process has it)."""
-    fv = flags.FLAGS
-    app.define_help_flags()
-    saved = {k: _copy(v) for k, v in fv.__dict__.items()}
-    for name, flag in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
-    monkeypatch.setattr(app._run_init, "done", True)  # no absl logging/faulthandler set-up
-    yield fv
-    fv.__dict__.clear()
-    fv.__dict__.update(saved)
 
 
 @pytest.mark.parametrize("module, flag", TOOLS)
@@ -77,6 +54,7 @@ ARGPARSE_BENCHMARKS = ("old_way_imgaug.py", "peers.py")
 
 
 @pytest.mark.parametrize("name", ARGPARSE_BENCHMARKS)
+@pytest.mark.subprocess
 def test_argparse_benchmarks_help_exits_0(name):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), "--help"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -88,6 +66,7 @@ def test_argparse_benchmarks_help_exits_0(name):
     ["train_main.py"],  # the longest help: absl's own write is caught, its next print is not
     pytest.param(["-m", "augment.grid"], marks=pytest.mark.slow),  # own parser; imports TF
 ])
+@pytest.mark.subprocess
 def test_help_into_a_closed_pipe_ends_quietly(command):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written, as after `| head -1`

@@ -221,6 +221,7 @@ def tiny_export(tiny_keras, tmp_path_factory) -> str:
 
 
 @pytest.mark.slow  # exports a SavedModel and starts a TensorFlow process
+@pytest.mark.subprocess
 def test_savedmodel_serves_encoded_images_and_pixels_with_tensorflow_alone(tiny_export,
                                                                            tmp_path):
     files = []
@@ -254,6 +255,7 @@ def test_export_without_a_class_list_is_refused_in_one_line(tiny_keras, tmp_path
 
 
 @pytest.mark.slow  # subprocesses importing TensorFlow
+@pytest.mark.subprocess
 def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "training.export", *args], cwd=ROOT,
@@ -295,6 +297,7 @@ def _predict_rows(model_path: str, paths) -> dict:
 
 
 @pytest.mark.slow  # exports a SavedModel, runs it in a TensorFlow-only process
+@pytest.mark.subprocess
 def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
         sample_dir, sample_build, tmp_path):
     from tinyimagenet_tfrecords import manifest as manifest_lib
@@ -335,6 +338,7 @@ def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
 # --- the export at the end of training ---------------------------------------------------------
 
 @pytest.mark.slow  # trains the demo for one short epoch in a subprocess
+@pytest.mark.subprocess
 def test_training_the_demo_leaves_an_export_tensorflow_alone_serves(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     proc = subprocess.run(

@@ -190,6 +190,7 @@ def _jax_python():
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_networks_train_under_the_jax_backend_without_tensorflow(tmp_path):
     """Optional: runs where JAX is installed (``TIN_JAX_PYTHON`` may name a separate venv)."""
     python = _jax_python()
@@ -318,6 +319,7 @@ def test_net1_compiles_under_xla_in_the_products_train_step_and_lowers_the_loss(
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects(tmp_path):
     """A fresh interpreter must fail to load without ``import models`` and succeed with it."""
     model = models.build("net1", num_classes=10, width=TINY)
@@ -346,44 +348,36 @@ def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects
 
 
 @pytest.mark.slow
+@pytest.mark.two_cpus
 def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     """``training.steps.make_train_step`` on two logical CPUs: per-replica forward + loss +
     grads XLA-compiled, ``optimizer.apply`` on the all-reduced gradients keeps the replicas'
     weights identical, and two steps on one batch lower the loss."""
-    out = _run_python("""
-        import os, numpy as np, tensorflow as tf, keras
-        from training import strategy as strategy_lib
-        strategy_lib.configure_logical_cpus(2)
-        import models
-        from training import steps as steps_lib
-        strategy = strategy_lib.make_strategy("mirrored")
-        assert strategy.num_replicas_in_sync == 2
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            model = models.build("net1", num_classes=10, width=1/16)
-            optimizer = keras.optimizers.SGD(0.05)
-            optimizer.build(model.trainable_variables)
-        step = steps_lib.make_train_step(model, optimizer, strategy, recipe=None,
-                                         global_batch_size=8, base_seed=0, xla=True)
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
-        y = np.arange(8, dtype=np.int32)
-        it = iter(strategy.experimental_distribute_dataset(
-            tf.data.Dataset.from_tensors((x, y)).repeat()))
-        kernel = model.trainable_variables[0]
-        initial = kernel.numpy()
-        totals = [step.run(it, tf.constant(1)).numpy() for _ in range(2)]
-        ce = [t[0] / t[2] for t in totals]
-        assert [t[2] for t in totals] == [8, 8], totals  # both replicas' examples counted
-        assert all(np.isfinite(ce)) and ce[1] < ce[0], ce
-        per_replica = (tf.TensorSpec([4, 16, 16, 3], tf.uint8), tf.TensorSpec([4], tf.int32),
-                       tf.TensorSpec([2], tf.int32))
-        assert steps_lib.is_xla_compiled(step.compute, *per_replica)
-        local = strategy.experimental_local_results(kernel.value)  # one copy per replica
-        assert len(local) == 2
-        np.testing.assert_allclose(local[0].numpy(), local[1].numpy(), rtol=1e-6)
-        assert not np.allclose(local[0].numpy(), initial)
-        print("mirrored ok", ce, flush=True)
-        os._exit(0)  # skip the slow interpreter teardown of the strategy's threads
-    """)
-    assert "mirrored ok" in out
+    from training import steps as steps_lib
+    from training import strategy as strategy_lib
+    strategy = strategy_lib.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = models.build("net1", num_classes=10, width=TINY)
+        optimizer = keras.optimizers.SGD(0.05)
+        optimizer.build(model.trainable_variables)
+    step = steps_lib.make_train_step(model, optimizer, strategy, recipe=None,
+                                     global_batch_size=8, base_seed=0, xla=True)
+    x = _pixels(8, 16)
+    y = np.arange(8, dtype=np.int32)
+    it = iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((x, y)).repeat()))
+    kernel = model.trainable_variables[0]
+    initial = kernel.numpy()
+    totals = [step.run(it, tf.constant(1)).numpy() for _ in range(2)]
+    ce = [t[0] / t[2] for t in totals]
+    assert [t[2] for t in totals] == [8, 8], totals  # both replicas' examples counted
+    assert all(np.isfinite(ce)) and ce[1] < ce[0], ce
+    per_replica = (tf.TensorSpec([4, 16, 16, 3], tf.uint8), tf.TensorSpec([4], tf.int32),
+                   tf.TensorSpec([2], tf.int32))
+    assert steps_lib.is_xla_compiled(step.compute, *per_replica)
+    local = strategy.experimental_local_results(kernel.value)  # one copy per replica
+    assert len(local) == 2
+    np.testing.assert_allclose(local[0].numpy(), local[1].numpy(), rtol=1e-6)
+    assert not np.allclose(local[0].numpy(), initial)

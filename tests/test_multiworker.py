@@ -31,7 +31,7 @@ ENV.pop("TF_CONFIG", None)
 ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
         "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--augment=student_net2",
         "--bn_momentum=0.9", "--seed=3", "--noxla", "--progress=false", "--misclassified=0",
-        "--worst_classes=3", "--eval_batch_size=64"]
+        "--worst_classes=3", "--eval_batch_size=64", "--noexport"]
 COMPARED = ("epoch", "lr", "loss", "acc", "val_loss", "val_acc", "val_top5")
 
 
@@ -209,6 +209,7 @@ def two_worker_run(synthetic_build, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_workers_train_like_two_replicas_in_one_process_and_only_the_chief_writes(
         mirrored_run, two_worker_run):
     out, errs, tmps, chief_pid = two_worker_run
@@ -230,6 +231,7 @@ def test_two_workers_train_like_two_replicas_in_one_process_and_only_the_chief_w
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_worker_and_a_restart_of_both_resume_from_the_chiefs_checkpoint(
         synthetic_build, two_worker_run, tmp_path):
     want = _history(two_worker_run[0])
@@ -266,6 +268,7 @@ def processes_of(tmp_path, tag, args):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_worker_that_cannot_reach_the_others_ends_with_one_line_and_exit_1(
         synthetic_build, tmp_path):
     addrs = [f"127.0.0.1:{p}" for p in _free_ports(2)]
@@ -288,6 +291,7 @@ def test_a_worker_that_cannot_reach_the_others_ends_with_one_line_and_exit_1(
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_tf_config_and_an_indivisible_batch_fail_before_training_with_exit_2(
         synthetic_build, tmp_path):
     out = tmp_path / "run"
@@ -310,6 +314,7 @@ def test_bad_tf_config_and_an_indivisible_batch_fail_before_training_with_exit_2
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_workers_started_with_different_flags_all_stop_with_exit_2(synthetic_build, tmp_path):
     out = tmp_path / "run"
     args = [f"--data={synthetic_build}", f"--out={out}", *ARGS]

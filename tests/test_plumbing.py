@@ -50,6 +50,7 @@ def test_plumbing_imports_no_other_project_package_and_no_tensorflow_at_import()
     assert not eager_tf, f"plumbing imports these at import time: {eager_tf}"
 
 
+@pytest.mark.subprocess
 def test_importing_plumbing_and_local_paths_start_no_tensorflow(tmp_path):
     code = ("import sys\nfrom plumbing import cli, paths, progress\n"
             f"paths.atomic_write_json({str(tmp_path / 'a.json')!r}, {{'a': 1}})\n"
@@ -296,6 +297,7 @@ def test_no_module_outside_plumbing_draws_its_own_progress_line():
 
 
 @pytest.mark.slow  # a subprocess importing TensorFlow
+@pytest.mark.subprocess
 def test_tensorflow_start_up_noise_is_not_printed():
     proc = subprocess.run(
         [sys.executable, "-c", "from plumbing import cli; "

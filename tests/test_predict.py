@@ -185,6 +185,7 @@ def test_every_good_file_is_predicted_and_every_bad_one_named_once(tiny_keras, m
 
 
 @pytest.mark.slow  # subprocesses importing TensorFlow
+@pytest.mark.subprocess
 def test_cli_exits_1_when_a_file_failed_0_with_skip_failures_and_2_for_usage(tiny_keras,
                                                                              mixed_folder,
                                                                              tmp_path):

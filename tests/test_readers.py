@@ -183,6 +183,7 @@ def test_open_build_reads_a_gfile_url(tmp_path):
     assert x.shape == (2, 8, 8, 3)
 
 
+@pytest.mark.subprocess
 def test_open_build_of_a_local_folder_imports_no_tensorflow(build_dir):
     code = ("import sys; from tinyimagenet_tfrecords import manifest as m; "
             f"b = m.open_build({build_dir!r}); b.check_shards(b.split_names); "

@@ -70,6 +70,7 @@ class Run:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_and_sigterm_stop_with_one_line_exit_130_and_are_gone_at_once(
         synthetic_build, tmp_path):
     # The SIGINT run starts with SIGINT ignored, as a background job does: train_main itself

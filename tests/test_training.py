@@ -33,7 +33,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 LEARN_ARGS = ["--num_logical_cpus=2", "--model=net2", "--width=0.125", "--bn_momentum=0.9",
               "--image_size=32", "--val_image_size=32", "--batch_size=64", "--epochs=3",
               "--steps_per_epoch=30", "--steps_per_call=10", "--augment=student_net2",
-              "--learning_rate=2e-3", "--xla", "--progress=false", "--misclassified=12"]
+              "--learning_rate=2e-3", "--xla", "--progress=false", "--misclassified=12",
+              "--noexport"]
 # The resume runs: smaller still, two Triangular2 phases (augmentation in the second).
 # One replica: resume logic does not depend on the replica count, and tracing a 2-replica step
 # three times (three processes) would double this test's time.
@@ -42,7 +43,7 @@ RESUME_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16",
                "--lr_schedule=triangular2", "--deterministic", "--noxla", "--progress=false",
                "--phase=epochs=2,aug=none,min_lr=1e-3,max_lr=4e-3,step_epochs=1",
                "--phase=epochs=1,aug=student_net2,min_lr=1e-4,max_lr=1e-3,step_epochs=0.5",
-               "--misclassified=0"]
+               "--misclassified=0", "--noexport"]
 NOISE = ("WARNING: All log", "I0000", "E0000", "W0000")
 
 
@@ -69,7 +70,8 @@ def tiny_config(data, out, *, epochs=1, **kw):
     phase = config_lib.Phase(epochs=epochs, image_size=16, batch_size=32, augment="none",
                              plateau=False)
     settings = dict(model="net2", width=0.0625, batch_size=32, steps_per_epoch=2,
-                    val_image_size=16, xla=False, misclassified=0, progress=False)
+                    val_image_size=16, xla=False, misclassified=0, progress=False,
+                    export=False)
     settings.update(kw)
     return config_lib.RunConfig(data=data, out=out, phases=(phase,), **settings)
 
@@ -191,6 +193,7 @@ def learned_run(synthetic_build, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_tiny_net2_learns_under_mirrored_strategy_with_xla(learned_run):
     out, _ = learned_run
     with open(os.path.join(out, "summary.json")) as f:
@@ -206,6 +209,7 @@ def test_tiny_net2_learns_under_mirrored_strategy_with_xla(learned_run):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_writes_every_report(learned_run, synthetic_build):
     out, proc = learned_run
     rows = read_csv(os.path.join(out, "history.csv"))
@@ -246,6 +250,7 @@ def test_a_run_writes_every_report(learned_run, synthetic_build):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_evaluate_cli_reproduces_the_run_report(learned_run, synthetic_build, tmp_path):
     out, _ = learned_run
     with open(os.path.join(out, "eval", "report.json")) as f:
@@ -264,6 +269,7 @@ def test_evaluate_cli_reproduces_the_run_report(learned_run, synthetic_build, tm
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_tiny_net2_learns_the_real_sample(sample_build, tmp_path):
     out = str(tmp_path / "run")
     proc = train_main(f"--data={sample_build}", f"--out={out}", *LEARN_ARGS)
@@ -276,6 +282,7 @@ def test_tiny_net2_learns_the_real_sample(sample_build, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tmp_path):
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     # The reference and the first part of the killed run in parallel (2 cores).
@@ -302,8 +309,9 @@ def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tm
                                    rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-@pytest.mark.slow
-def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir):
+def _bad_inputs(tmp_path, synthetic_build, read_only_dir):
+    """Ten bad command lines for train_main: ``{name: (args, what its one line names)}``, the
+    folders they point at made in ``tmp_path``."""
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"model": "net1"}\n')
@@ -317,7 +325,8 @@ def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, re
     os.remove(holey / "train-00000-of-00002.tfrecord")
     locked = tmp_path / "locked"
     locked.mkdir()
-    (locked / "run.lock").write_text(json.dumps({"pid": os.getpid(),
+    # A live process that is not the trainer (in-process, the trainer is this process).
+    (locked / "run.lock").write_text(json.dumps({"pid": os.getppid(),
                                                  "host": os.uname().nodename}))
     data = f"--data={synthetic_build}"
     common = ["--epochs=1", "--width=0.0625", "--image_size=16", "--val_image_size=16"]
@@ -335,19 +344,57 @@ def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, re
         "read_only": ([data, f"--out={read_only_dir}/run"], "cannot write"),
         "locked": ([data, f"--out={locked}"], "in use by another training"),
     }
-    procs = {k: train_main(*common, *args, wait=False) for k, (args, _) in cases.items()}
-    for name, p in procs.items():
-        _, err = p.communicate(timeout=200)
-        lines = stderr_lines(err)
-        assert p.returncode == 2, (name, err[-2000:])
-        assert "Traceback" not in err, (name, err[-2000:])
-        assert len(lines) == 1 and cases[name][1] in lines[0], (name, lines)
-    # Nothing was written or overwritten.
-    assert (other / "config.json").read_text() == '{"model": "net1"}\n'
-    assert sorted(os.listdir(stranger)) == ["notes.txt"]
-    assert sorted(os.listdir(locked)) == ["run.lock"]
+    return {k: (common + args, line) for k, (args, line) in cases.items()}
+
+
+def _nothing_written(tmp_path, read_only_dir):
+    assert (tmp_path / "other" / "config.json").read_text() == '{"model": "net1"}\n'
+    assert sorted(os.listdir(tmp_path / "stranger")) == ["notes.txt"]
+    assert sorted(os.listdir(tmp_path / "locked")) == ["run.lock"]
     assert os.listdir(read_only_dir) == []
     assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 7))
+
+
+def _train_main_in_process(args, monkeypatch, capsys):
+    """``python train_main.py ARGS`` run in this process (on conftest's ``fresh_flags``
+    registry), its signal handlers put back; returns (exit status, stderr)."""
+    import runpy
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "train_main.py"), *args])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as done:  # an exception instead fails the test here
+            runpy.run_path(os.path.join(ROOT, "train_main.py"), run_name="__main__")
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    return done.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["missing", "unfinished", "range", "phase", "model_size",
+                                  "other_run", "stranger", "read_only", "locked"])
+def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir,
+                                                   fresh_flags, monkeypatch, capsys, name):
+    args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)[name]
+    status, err = _train_main_in_process(args, monkeypatch, capsys)
+    lines = stderr_lines(err)
+    assert status == 2, err[-2000:]
+    assert len(lines) == 1 and expected in lines[0], lines
+    _nothing_written(tmp_path, read_only_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_bad_input_in_a_real_process_is_one_line_without_tensorflow_noise(
+        synthetic_build, tmp_path, read_only_dir):
+    """The same refusal as a process prints it (TensorFlow's C++ start-up lines included):
+    the missing shard, found after TensorFlow started."""
+    args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)["shard"]
+    proc = train_main(*args)
+    lines = stderr_lines(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and expected in lines[0], lines
+    _nothing_written(tmp_path, read_only_dir)
 
 
 @pytest.mark.slow
