@@ -87,5 +87,8 @@ def test_the_files_the_readme_commands_name_are_tracked():
     modules = set(re.findall(r"python -m ((?:training|tinyimagenet_tfrecords|benchmarks|augment)"
                              r"\.\w+)", readme))
     assert flagfiles and modules
-    wanted = flagfiles | {m.replace(".", "/") + ".py" for m in modules} | {"train_main.py"}
+    def module_file(m):  # a module, or a package run through its __main__
+        path = m.replace(".", "/")
+        return path + "/__main__.py" if path + "/__main__.py" in tracked else path + ".py"
+    wanted = flagfiles | {module_file(m) for m in modules} | {"train_main.py"}
     assert not wanted - tracked, sorted(wanted - tracked)
