@@ -24,6 +24,8 @@ Factories are called on each ``get_recipe`` so every user gets a fresh tree.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable
 
 from augment.combinators import Identity, Sequential, SomeOf, Sometimes
@@ -127,6 +129,19 @@ def register_recipe(name: str, factory: Callable[[], Augmenter], *,
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"recipe {name!r} is already registered (pass overwrite=True)")
     _REGISTRY[name] = factory
+
+
+@contextlib.contextmanager
+def temporary_recipes():
+    """Registrations made inside the ``with`` block are undone when it ends (tests, notebooks):
+    a recipe registered for one experiment cannot leak into the next (big_vision's
+    ``temporary_ops`` pattern)."""
+    saved = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
 
 
 def recipe_names() -> tuple[str, ...]:

@@ -9,8 +9,8 @@ train step (XLA) or ``tf.data`` (graph) runs it, a fresh seed per call so nothin
 Prints the machine, a table, and one final JSON line with every figure: images/s (wall
 clock), images per CPU-second of this process (all threads; steadier than wall clock on a
 shared machine), CPU-us per image (the same figure inverted) and the first call's seconds
-(tracing + XLA compilation). ``--before`` also times each recipe as ``augment.baseline`` (the
-code before issue 19: every image through every op, then selected) in the same run;
+(tracing + XLA compilation). ``--before`` also times each recipe as
+``benchmarks.augment_baseline`` (the code before issue 19: every image through every op, then selected) in the same run;
 ``--profile`` prints each op's CPU-us per image alone and its share inside each recipe (the
 recipe minus the same recipe without that op), under XLA.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 import augment
-import augment.baseline
+import benchmarks.augment_baseline as augment_baseline
 from augment import combinators, photometric
 
 
@@ -167,7 +167,7 @@ def targets_for(recipe_names, with_ops: bool, with_blur: bool, before: bool,
     for name in recipe_names:
         targets.append((name, augment.get_recipe(name), True))
         if before:
-            targets.append((f"{name} (before)", augment.baseline.get_recipe(name), True))
+            targets.append((f"{name} (before)", augment_baseline.get_recipe(name), True))
     if with_ops or profile:
         targets += [(name, op, True) for name, op in single_ops().items()]
     if with_blur:
@@ -273,7 +273,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("blur", False, "Also compare blur formulations (matmul/slices/depthwise).")
     flags.DEFINE_string("modes", "xla,graph", "xla (jit_compile=True) and/or graph (False).")
     flags.DEFINE_bool("before", False, "Also time each recipe as before issue 19 "
-                      "(augment.baseline), in the same run.")
+                      "(benchmarks.augment_baseline), in the same run.")
     flags.DEFINE_bool("profile", False, "CPU-us per image per op, alone and inside each "
                       "recipe (times each recipe once without each op).")
 

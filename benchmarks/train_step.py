@@ -89,7 +89,7 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
     """Times ``steps`` product train steps after ``warmup`` (compilation) steps.
 
     The global dtype policy is ``precision`` while the model is built and run, and is restored
-    afterwards. ``baseline`` takes the recipe from ``augment.baseline`` (the code before
+    afterwards. ``baseline`` takes the recipe from ``benchmarks.augment_baseline`` (the code before
     issue 19), to compare compile times in one run.
 
     Returns:
@@ -101,7 +101,7 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
     import tensorflow as tf
 
     import augment
-    import augment.baseline
+    import benchmarks.augment_baseline as augment_baseline
     import models
     from training import steps as steps_lib
     from training import strategy as strategy_lib
@@ -127,7 +127,7 @@ def time_train_step(model_name: str, *, image_size: int, batch_size: int, steps:
                 (images[:per_replica], labels[:per_replica])).repeat().prefetch(4))
         step = steps_lib.make_train_step(
             model, opt, strategy,
-            recipe=None if recipe == "none" else (augment.baseline if baseline else
+            recipe=None if recipe == "none" else (augment_baseline if baseline else
                                                   augment).get_recipe(recipe),
             global_batch_size=batch_size, base_seed=seed, xla=xla)
         it = iter(dist)
@@ -186,8 +186,9 @@ def _define_flags():
     flags.DEFINE_string("augment", "none", "augmentation recipe inside the step")
     flags.DEFINE_list("precisions", [], "Keras dtype policies; default float32 (+ "
                       "mixed_float16 on GPU)")
-    flags.DEFINE_bool("baseline_augment", False, "take --augment from augment.baseline (the "
-                      "code before issue 19) to compare compile times")
+    flags.DEFINE_bool("baseline_augment", False, "take --augment from "
+                      "benchmarks.augment_baseline (the code before issue 19) to compare "
+                      "compile times")
     flags.DEFINE_list("xla", ["on", "off"], "XLA settings to time (on, off)")
 
 

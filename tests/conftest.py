@@ -86,6 +86,19 @@ def pytest_collection_modifyitems(config, items):
             "they fail instead of skipping where there is no sample: " + ", ".join(unmarked))
 
 
+@pytest.fixture(autouse=True)
+def _scoped_recipe_registrations():
+    """A recipe a test registers is gone after it (``augment.temporary_recipes``); augment is
+    imported only by tests that already imported it, so TensorFlow-free tests stay so."""
+    import sys  # pylint: disable=import-outside-toplevel
+    recipes = sys.modules.get("augment.recipes")
+    if recipes is None:
+        yield
+        return
+    with recipes.temporary_recipes():
+        yield
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A folder no one may create files in, even root (chattr +i)."""

@@ -155,7 +155,18 @@ def _mul_recipe():
     return Multiply((0.5, 1.5), per_channel=1.0)
 
 
-augment.register_recipe("test_layer_mul", _mul_recipe, overwrite=True)
+@pytest.fixture(autouse=True)
+def _layer_recipe():
+    """``test_layer_mul`` for the layer tests, registered per test (conftest undoes it)."""
+    augment.register_recipe("test_layer_mul", _mul_recipe, overwrite=True)
+
+
+def test_registrations_do_not_outlive_their_test():
+    assert "test_mul_only" not in augment.recipe_names()  # test_register_recipe_adds_... made it
+    with augment.temporary_recipes():
+        augment.register_recipe("test_scoped", _mul_recipe)
+        assert "test_scoped" in augment.recipe_names()
+    assert "test_scoped" not in augment.recipe_names()
 
 
 def test_layer_is_identity_unless_training():

@@ -1,7 +1,7 @@
 """Skipping the images a Sometimes/SomeOf leaves alone changes no pixel (issue 19).
 
-``augment.baseline`` is the code before the change, frozen: every recipe must give the same
-bytes as it for the same images and seed, eagerly and under XLA, for batch sizes 1, odd and
+``benchmarks.augment_baseline`` is the code before the change, frozen: every recipe must give
+the same bytes as it for the same images and seed, eagerly and under XLA, for batch sizes 1, odd and
 larger, so each image keeps its own draws wherever it lands in the work.
 """
 
@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 import augment
-import augment.baseline
-from augment.baseline import combinators as old_comb
-from augment.baseline import geometry as old_geo
-from augment.baseline import photometric as old_photo
+import benchmarks.augment_baseline as augment_baseline
+from benchmarks.augment_baseline import combinators as old_comb
+from benchmarks.augment_baseline import geometry as old_geo
+from benchmarks.augment_baseline import photometric as old_photo
 
 RECIPES = ["student_net2", "original_net2", "original_net1"]
 SEEDS = [[0, 0], [11, -7], [123456, 3], [-5, 99]]
@@ -34,7 +34,7 @@ def _assert_same(new, old, label):
 @pytest.mark.parametrize("name", RECIPES)
 @pytest.mark.parametrize("batch", [1, 5])
 def test_recipe_is_bit_identical_to_baseline_eagerly(name, batch):
-    new, old = augment.get_recipe(name), augment.baseline.get_recipe(name)
+    new, old = augment.get_recipe(name), augment_baseline.get_recipe(name)
     x = _images(batch)
     for seed in SEEDS[:2]:
         _assert_same(new(x, seed), old(x, seed), f"{name} batch {batch} seed {seed}")
@@ -44,7 +44,7 @@ def test_recipe_is_bit_identical_to_baseline_for_float_images_eagerly():
     x = _images(6, dtype=np.float32)
     for name in RECIPES:
         _assert_same(augment.get_recipe(name)(x, [4, 2]),
-                     augment.baseline.get_recipe(name)(x, [4, 2]), name)
+                     augment_baseline.get_recipe(name)(x, [4, 2]), name)
 
 
 def _small_trees(lib_comb, lib_geo, lib_photo):
@@ -93,7 +93,7 @@ def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
                                           ("original_net1", (3, 64))])
 def test_recipe_is_bit_identical_to_baseline_under_xla(name, batches):
     new = tf.function(augment.get_recipe(name), jit_compile=True, autograph=False)
-    old = tf.function(augment.baseline.get_recipe(name), jit_compile=True, autograph=False)
+    old = tf.function(augment_baseline.get_recipe(name), jit_compile=True, autograph=False)
     for batch in batches:
         x = tf.constant(_images(batch, size=64 if batch == 64 else 32))
         for seed in SEEDS:

@@ -42,10 +42,10 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from augment.baseline import core, params
-from augment.baseline.core import uniform, uniform_int, xla_safe_seed
-from augment.baseline.params import ALL
-from augment.baseline.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine,
+from benchmarks.augment_baseline import core, params
+from benchmarks.augment_baseline.core import uniform, uniform_int, xla_safe_seed
+from benchmarks.augment_baseline.params import ALL
+from benchmarks.augment_baseline.warp import (MODE_CONSTANT, PAD_MODES, gather_blend, invert_affine,
                                    materialize, remap_index, resize_taps, warp_affine)
 
 __all__ = [

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from augment.baseline.combinators import Identity, Sequential, SomeOf, Sometimes
-from augment.baseline.core import Augmenter
-from augment.baseline.geometry import Affine, CropAndPad, Fliplr, Flipud
-from augment.baseline.params import ALL
-from augment.baseline.photometric import (AdditiveGaussianNoise, CoarseDropout,
+from benchmarks.augment_baseline.combinators import Identity, Sequential, SomeOf, Sometimes
+from benchmarks.augment_baseline.core import Augmenter
+from benchmarks.augment_baseline.geometry import Affine, CropAndPad, Fliplr, Flipud
+from benchmarks.augment_baseline.params import ALL
+from benchmarks.augment_baseline.photometric import (AdditiveGaussianNoise, CoarseDropout,
                                           ContrastNormalization, GaussianBlur, Multiply)
 
 

@@ -24,8 +24,8 @@ import numbers
 
 import tensorflow as tf
 
-from augment.baseline.core import check_probability, uniform
-from augment.baseline.warp import PAD_MODES, materialize, mode_index
+from benchmarks.augment_baseline.core import check_probability, uniform
+from benchmarks.augment_baseline.warp import PAD_MODES, materialize, mode_index
 
 # imgaug's ``ia.ALL``: every choice the parameter has (border modes: our five; cval: 0..255).
 ALL = "ALL"

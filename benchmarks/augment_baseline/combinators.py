@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from augment.baseline.core import (Augmenter, as_seed, bernoulli, check_probability, from_float,
+from benchmarks.augment_baseline.core import (Augmenter, as_seed, bernoulli, check_probability, from_float,
                           quantize, split_seed, to_float, uniform)
 
 

@@ -31,8 +31,8 @@ import statistics
 import numpy as np
 import tensorflow as tf
 
-from augment.baseline import params
-from augment.baseline.core import (Augmenter, as_seed, bernoulli, check_probability, fold_seed,
+from benchmarks.augment_baseline import params
+from benchmarks.augment_baseline.core import (Augmenter, as_seed, bernoulli, check_probability, fold_seed,
                           from_float, quantize, split_seed, to_float, uniform,
                           xla_safe_seed)
 

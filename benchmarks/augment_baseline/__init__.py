@@ -6,6 +6,6 @@ it with this copy on every recipe, and ``benchmarks.augment --before`` times bot
 Never edit it; nothing in training imports it.
 """
 
-from augment.baseline.recipes import get_recipe
+from benchmarks.augment_baseline.recipes import get_recipe
 
 __all__ = ["get_recipe"]
