@@ -88,14 +88,17 @@ def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,batches", [("student_net2", (1, 7, 64)),
-                                          ("original_net2", (3, 64)),
-                                          ("original_net1", (3, 64))])
+# Each batch shape is two XLA compiles (new and old): batch 1 (a chunk of one), 41 (two chunks,
+# the second partly spare) for the recipe that renders subsets; one odd batch for the recipes
+# whose single ops take the old path. The eager test covers more sizes cheaply.
+@pytest.mark.parametrize("name,batches", [("student_net2", (1, 41)),
+                                          ("original_net2", (7,)),
+                                          ("original_net1", (7,))])
 def test_recipe_is_bit_identical_to_baseline_under_xla(name, batches):
     new = tf.function(augment.get_recipe(name), jit_compile=True, autograph=False)
     old = tf.function(augment_baseline.get_recipe(name), jit_compile=True, autograph=False)
     for batch in batches:
-        x = tf.constant(_images(batch, size=64 if batch == 64 else 32))
+        x = tf.constant(_images(batch, size=32))
         for seed in SEEDS:
             seed = tf.constant(seed, tf.int32)
             _assert_same(new(x, seed), old(x, seed), f"{name} XLA batch {batch} seed {seed}")
