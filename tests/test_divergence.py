@@ -28,23 +28,29 @@ def test_rows_with_non_finite_scores_are_never_hits():
     assert totals.numpy()[1] == 1.0 and totals.numpy()[2] == 1.0  # only row 0, top-1 and top-5
 
 
+def _blow_up_in_phase_2(build, out, *, steps_per_epoch):
+    """A tiny run whose phase 2 takes Adam steps of 1e30, which blow the weights up; phase 1
+    (one sane epoch) leaves a good checkpoint to keep."""
+    from training import config as config_lib
+    phases = (config_lib.Phase(epochs=1, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1),
+              config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
+                               plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
+    return config_lib.RunConfig(
+        data=build, out=str(out), model="net2", width=0.0625, phases=phases,
+        steps_per_epoch=steps_per_epoch, val_image_size=16, eval_batch_size=100, xla=False,
+        lr_schedule="triangular2", progress=False, misclassified=0)
+
+
 @pytest.mark.slow
 def test_non_finite_loss_raises_diverged_and_keeps_the_last_good_state(synthetic_build,
                                                                        tmp_path):
     import keras
 
     import training
-    from training import config as config_lib
     out = tmp_path / "run"
-    # Phase 2's Adam steps of 1e30 blow the weights up: the loss is NaN within two steps.
-    phases = (config_lib.Phase(epochs=1, image_size=16, batch_size=20, augment="none",
-                               plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1),
-              config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
-                               plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
-    cfg = config_lib.RunConfig(
-        data=synthetic_build, out=str(out), model="net2", width=0.0625, phases=phases,
-        steps_per_epoch=4, val_image_size=16, eval_batch_size=100, xla=False,
-        lr_schedule="triangular2", progress=False, misclassified=0)
+    # Four steps per epoch: the loss is NaN within two steps of phase 2.
+    cfg = _blow_up_in_phase_2(synthetic_build, out, steps_per_epoch=4)
     with pytest.raises(training.Diverged) as info:
         training.run(cfg)
     msg = str(info.value)
@@ -77,18 +83,10 @@ def test_divergence_in_an_epochs_last_update_saves_nothing_of_that_epoch(synthet
     import json
 
     import training
-    from training import config as config_lib
     out = tmp_path / "run"
     # One step per epoch: epoch 2's only update blows the weights up, so no training loss
     # of epoch 2 is ever non-finite; the validation after it is.
-    phases = (config_lib.Phase(epochs=1, image_size=16, batch_size=20, augment="none",
-                               plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1),
-              config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
-                               plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
-    cfg = config_lib.RunConfig(
-        data=synthetic_build, out=str(out), model="net2", width=0.0625, phases=phases,
-        steps_per_epoch=1, val_image_size=16, eval_batch_size=100, xla=False,
-        lr_schedule="triangular2", progress=False, misclassified=0)
+    cfg = _blow_up_in_phase_2(synthetic_build, out, steps_per_epoch=1)
     messages = []
     for _ in range(2):  # the same command again: the same stop, never a resume into NaN
         with pytest.raises(training.Diverged) as info:
