@@ -284,3 +284,13 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(getattr(config, "tin_exit_status", 1))
+
+
+def save_tiny_net2(path: str, wnids, names, image_size: int = 32) -> str:
+    """A random-init tiny Network 2 saved at ``path`` with its class list inside (the export
+    and predict tests' model: what is checked is the plumbing around it, not its accuracy)."""
+    import models  # pylint: disable=import-outside-toplevel
+    from training import classes  # pylint: disable=import-outside-toplevel
+    models.build("net2", num_classes=len(wnids), image_size=image_size, width=1 / 16).save(path)
+    classes.embed(path, classes.info(list(wnids), list(names), image_size))
+    return path

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import save_tiny_net2  # noqa: E402
 from training import classes as classes_lib
 from training.errors import RunError
 
@@ -54,11 +55,7 @@ def random_image(h=64, w=64, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_keras(tmp_path_factory) -> str:
     """A random-init tiny Network 2 (32 px input, 10 classes) saved with its class list."""
-    import models
-    path = str(tmp_path_factory.mktemp("tiny") / "tiny.keras")
-    models.build("net2", num_classes=10, image_size=32, width=1 / 16).save(path)
-    classes_lib.embed(path, classes_lib.info(WNIDS, NAMES, 32))
-    return path
+    return save_tiny_net2(str(tmp_path_factory.mktemp("tiny") / "tiny.keras"), WNIDS, NAMES)
 
 
 # --- the class list inside the model -----------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import classes as classes_lib
+from conftest import save_tiny_net2  # noqa: E402
 from training import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,11 +126,8 @@ def test_rows_are_csv_with_a_header_or_json_lines():
 
 @pytest.fixture(scope="module")
 def tiny_keras(tmp_path_factory) -> str:
-    import models
-    path = str(tmp_path_factory.mktemp("tiny") / "tiny.keras")
-    models.build("net2", num_classes=10, image_size=32, width=1 / 16).save(path)
-    classes_lib.embed(path, classes_lib.info(WNIDS, NAMES, 32))
-    return path
+    """A random-init tiny Network 2 (32 px input, 10 classes) saved with its class list."""
+    return save_tiny_net2(str(tmp_path_factory.mktemp("tiny") / "tiny.keras"), WNIDS, NAMES)
 
 
 GOOD = 12
