@@ -10,7 +10,8 @@ Prints the machine, a table, and one final JSON line with every figure: images/s
 clock), images per CPU-second of this process (all threads; steadier than wall clock on a
 shared machine), CPU-us per image (the same figure inverted) and the first call's seconds
 (tracing + XLA compilation). ``--before`` also times each recipe as
-``benchmarks.augment_baseline`` (the code before issue 19: every image through every op, then selected) in the same run;
+``benchmarks.augment_baseline`` (the code before issue 19: every image through every op, then
+selected) in the same run;
 ``--profile`` prints each op's CPU-us per image alone and its share inside each recipe (the
 recipe minus the same recipe without that op), under XLA.
 """
