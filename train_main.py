@@ -23,7 +23,6 @@ SIGTERM; re-running the same command resumes from the last checkpoint).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from absl import flags
@@ -96,27 +95,11 @@ def _fail(msg: str, status: int = EXIT_BAD_INPUT) -> None:
     sys.exit(status)
 
 
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
-
-
-def interrupt_on_signals() -> None:
-    """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, which the run turns into
-    "interrupted after epoch N" and exit 130.
-
-    SIGINT gets Python's own handler back: a job started in the background (``&``, ``nohup``,
-    some CI runners) inherits SIGINT *ignored*, yet its user still expects ``kill -INT`` (or
-    Ctrl-C after ``fg``) to stop it cleanly.
-    """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-
-
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TF's per-step INFO lines drown the progress bar
-    interrupt_on_signals()
+    cli_lib.interrupt_on_signals()
     try:  # settings first: a bad value is refused before TensorFlow starts (seconds)
         cfg, flags_text = config_and_flags_text(sys.argv)
     except config_lib.ConfigError as e:

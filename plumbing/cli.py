@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
 import typing
@@ -64,6 +65,22 @@ def import_tensorflow_quietly() -> None:
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
                 sys.stderr.flush()
+
+
+def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def interrupt_on_signals() -> None:
+    """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, which a tool turns into one
+    line and :data:`EXIT_INTERRUPTED`.
+
+    SIGINT gets Python's own handler back: a job started in the background (``&``, ``nohup``,
+    some CI runners) inherits SIGINT *ignored*, yet its user still expects ``kill -INT`` (or
+    Ctrl-C after ``fg``) to stop it cleanly.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def exit_now(status: int) -> None:

@@ -144,3 +144,40 @@ def test_corrupt_shard_is_a_failure_naming_the_shard(test_build, saved_model, tm
     with pytest.raises(RunFailure, match=r"val-00000-of-00001.tfrecord: corrupt shard"):
         evaluate.evaluate_model(saved_model, str(data), out=str(tmp_path / "r"), xla=False,
                                 misclassified=0)
+
+
+def test_ctrl_c_during_evaluation_is_one_line_and_exit_130_at_once(
+        test_build, saved_model, tmp_path, fresh_flags, monkeypatch, capsys):
+    """``python -m training.evaluate``, interrupted while it evaluates: Ctrl-C works even when
+    started in the background (SIGINT ignored), one line, and the process leaves at once
+    (``exit_now``, not an interpreter shutdown that collects TensorFlow's objects)."""
+    import runpy
+    import signal
+
+    from plumbing import cli as cli_lib
+
+    def interrupted(*args, **kwargs):
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        raise KeyboardInterrupt
+
+    class Exited(BaseException):
+        pass
+
+    def exit_now(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(evaluate, "evaluate_model", interrupted)
+    monkeypatch.setattr(cli_lib, "exit_now", exit_now)
+    monkeypatch.setattr(sys, "argv", ["evaluate", f"--model={saved_model}",
+                                      f"--data={test_build}", f"--out={tmp_path}/r"])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(Exited) as done:
+            runpy.run_module("training.evaluate", run_name="__main__", alter_sys=False)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert done.value.args == (cli_lib.EXIT_INTERRUPTED,)
+    assert capsys.readouterr().err == "evaluate: error: interrupted\n"
+    assert not (tmp_path / "r").exists()

@@ -40,12 +40,17 @@ FLAGS = flags.FLAGS
 
 def _fail(msg: str, status: int) -> None:
     print(f"evaluate: error: {msg}", file=sys.stderr, flush=True)
+    if status == cli_lib.EXIT_INTERRUPTED:
+        # Nothing is half-written (reports are written whole at the end): leave at once
+        # instead of waiting tens of seconds for TensorFlow's objects to be collected.
+        cli_lib.exit_now(status)
     sys.exit(status)
 
 
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    cli_lib.interrupt_on_signals()  # also when started as a background job (SIGINT ignored)
     if not FLAGS.model or not FLAGS.data:
         _fail("--model and --data are required (and --out and/or --predictions)", 2)
     try:  # settings first: a bad value is refused before TensorFlow starts (seconds)
@@ -67,7 +72,7 @@ def main(argv):
     except RunFailure as e:
         _fail(str(e).splitlines()[0], 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", cli_lib.EXIT_INTERRUPTED)
     if result["report"] is not None:
         print(reports.report_text(result["report"]), end="")
     if result["predictions"] is not None:
