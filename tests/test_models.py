@@ -53,7 +53,8 @@ def test_full_networks_have_the_papers_parameter_counts(name, expected):
 
 
 def test_names_lists_every_buildable_network():
-    assert set(models.NAMES) == {"net1", "net2", "net1_student"}
+    assert models.NETWORKS == ("net1", "net2", "net1_student")
+    assert models.NAMES == models.NETWORKS + ("smoke",)
     with pytest.raises(ValueError, match="unknown model"):
         models.build("net3")
 
@@ -68,7 +69,7 @@ def test_full_net1_runs_at_16px_and_reports_shapes_for_any_multiple_of_8():
         assert spec.shape == (2, 200)
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", models.NETWORKS)
 def test_one_model_accepts_16_32_and_64px_without_rebuilding(name):
     model = models.build(name, num_classes=10, width=TINY)
     for size in (16, 32, 64):
@@ -239,7 +240,7 @@ def _layer_after(model, layer):
     return consumers[0]
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", models.NETWORKS)
 def test_every_conv_is_followed_by_batchnorm_then_relu(name):
     model = models.build(name, num_classes=10, width=TINY)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
@@ -273,7 +274,7 @@ def test_net2_convs_have_bias_l2_and_variance_scaling_and_net1_convs_have_none()
     assert net1.losses == [] and student.losses == []
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", models.NETWORKS)
 def test_width_multiplier_keeps_the_topology_and_makes_it_tiny(name):
     full = models.build(name, num_classes=10)
     tiny = models.build(name, num_classes=10, width=TINY)
@@ -381,3 +382,17 @@ def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     assert len(local) == 2
     np.testing.assert_allclose(local[0].numpy(), local[1].numpy(), rtol=1e-6)
     assert not np.allclose(local[0].numpy(), initial)
+
+
+def test_smoke_network_has_every_layer_kind_the_networks_train_in_three_convs():
+    """The loop's tests run on it: it must meet the same kinds of variables, losses and
+    BatchNorm statistics as Network 2, and save and load back like it."""
+    model = models.build("smoke", num_classes=10, image_size=16)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    net2 = {type(layer).__name__ for layer in models.build("net2", num_classes=10,
+                                                           width=TINY).layers}
+    assert kinds == net2
+    assert len([l for l in model.layers if isinstance(l, keras.layers.Conv2D)]) == 3
+    assert len(model.losses) == 3 and model.count_params() < 2_000
+    probs = model(_pixels(2, 16), training=False).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -32,9 +32,10 @@ SCHEDULES = ("constant", "triangular2")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "default", "multiworker")
-# Every model downsamples by 8 (three 2x2 poolings / SpaceToDepth): its input side must be a
-# multiple of this (``models.layers.check_image_size``; a test pins the table to models/).
-SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8}
+# Every model downsamples by 8 (three 2x2 poolings / SpaceToDepth; the smoke-test network asks
+# the same so that it takes every size the others do): its input side must be a multiple of
+# this (``models.layers.check_image_size``; a test pins the table to models/).
+SIZE_MULTIPLE = {"net1": 8, "net1_student": 8, "net2": 8, "smoke": 8}
 # The built-in augmentation recipes (a test pins them to ``augment.RECIPE_NAMES``): flags are
 # checked against them before TensorFlow is imported; ``training.run`` checks again against
 # ``augment.recipe_names()``, which includes recipes registered in-process.
@@ -206,7 +207,8 @@ class RunConfig:
 
     data: str = setting(None, "a finished TFRecord build (tinyimagenet_tfrecords.build)")
     out: str = setting(None, "output folder of this run (resumed if it holds this run)")
-    model: str = setting("net2", "network: net1, net1_student or net2")
+    model: str = setting("net2", "network: net1, net1_student or net2 (or smoke: a three-conv "
+                                "network for tests and quick CPU runs)")
     width: float = setting(1.0, "filter-count multiplier (tiny variants for CPU demos)",
                            check=above(0))
     phases: tuple[Phase, ...] = dataclasses.field(default=(), metadata={"flag": False})
