@@ -67,6 +67,18 @@ def _reads_sample_directly(function) -> bool:
     return False
 
 
+def _xdist_group(item) -> str | None:
+    """Under ``pytest -n 2 --dist loadgroup`` (the README's command), the tests that must share a
+    worker: all ``two_cpus`` tests (one child pytest runs them) and the tests of a module that
+    share a module-scoped fixture (a training made once per module, not once per worker)."""
+    if item.get_closest_marker("two_cpus"):
+        return "two_cpus"
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d.scope == "module" for ds in defs.values() for d in ds):
+        return item.module.__name__
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Marks the real-sample tests ``sample`` and refuses a test that reads the sample's path
     without asking for it (it would fail, not skip, in a clone with no sample beside it)."""
@@ -80,6 +92,9 @@ def pytest_collection_modifyitems(config, items):
             unmarked.append(item.nodeid)
         if item.get_closest_marker("two_cpus"):
             item.add_marker(pytest.mark.subprocess)
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if unmarked:
         raise pytest.UsageError(
             "these tests read conftest.SAMPLE without the sample_dir fixture or needs_sample, so "
@@ -271,6 +286,31 @@ def pytest_runtest_logreport(report):
     with open(TWO_CPUS_CHILD, "a", encoding="utf-8") as f:
         f.write(json.dumps({"nodeid": report.nodeid, "outcome": report.outcome,
                             "text": text}) + "\n")
+
+
+# ``TIN_TEST_CPU=FILE`` appends one line per test: CPU seconds (user+sys, of this process and
+# of the children it waited for) and wall seconds, setup and teardown included. On a shared
+# machine CPU time is the stable figure to compare tests by; pytest's --durations is wall time.
+_CPU_LOG = os.environ.get("TIN_TEST_CPU", "")
+
+
+def _cpu_seconds() -> float:
+    import resource  # pylint: disable=import-outside-toplevel
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    del nextitem
+    if not _CPU_LOG:
+        yield
+        return
+    import time  # pylint: disable=import-outside-toplevel
+    cpu, wall = _cpu_seconds(), time.monotonic()
+    yield
+    with open(_CPU_LOG, "a", encoding="utf-8") as f:
+        f.write(f"{_cpu_seconds() - cpu:9.2f} {time.monotonic() - wall:9.2f} {item.nodeid}\n")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -23,9 +23,9 @@ def _cfg(build, out, *, init="best", epochs=(3, 1), **kw):
                                plateau=False, min_lr=1e-3, max_lr=1e-3, step_epochs=1,
                                init=init))
     return config_lib.RunConfig(
-        data=build, out=str(out), model="net2", width=0.0625, phases=phases,
+        data=build, out=str(out), model="smoke", phases=phases,
         steps_per_epoch=3, val_image_size=16, eval_batch_size=100, xla=False,
-        lr_schedule="triangular2", progress=False, misclassified=0, seed=1, **kw)
+        lr_schedule="triangular2", progress=False, misclassified=0, export=False, seed=1, **kw)
 
 
 def test_best_keras_follows_its_checkpoint_and_summary_agrees(synthetic_build, tmp_path):

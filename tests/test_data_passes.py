@@ -123,9 +123,9 @@ def _cfg(build, out, **kw):
               config_lib.Phase(epochs=2, image_size=16, batch_size=4, augment="none",
                                plateau=False))
     return config_lib.RunConfig(
-        data=build, out=str(out), model="net2", width=0.0625, phases=phases,
+        data=build, out=str(out), model="smoke", phases=phases,
         steps_per_epoch=3, val_image_size=16, eval_batch_size=40, xla=False,
-        progress=False, misclassified=0, seed=5, **kw)
+        progress=False, misclassified=0, export=False, seed=5, **kw)
 
 
 @pytest.mark.slow

@@ -37,9 +37,9 @@ def _blow_up_in_phase_2(build, out, *, steps_per_epoch):
               config_lib.Phase(epochs=2, image_size=16, batch_size=20, augment="none",
                                plateau=False, min_lr=1e30, max_lr=1e30, step_epochs=1))
     return config_lib.RunConfig(
-        data=build, out=str(out), model="net2", width=0.0625, phases=phases,
+        data=build, out=str(out), model="smoke", phases=phases,
         steps_per_epoch=steps_per_epoch, val_image_size=16, eval_batch_size=100, xla=False,
-        lr_schedule="triangular2", progress=False, misclassified=0)
+        lr_schedule="triangular2", progress=False, misclassified=0, export=False)
 
 
 @pytest.mark.slow

@@ -345,7 +345,7 @@ def test_training_the_demo_leaves_an_export_tensorflow_alone_serves(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_main.py"),
          f"--flagfile={os.path.join(ROOT, 'flags', 'demo.flags')}", f"--data={data}",
-         f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress"],
+         f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress", "--noxla"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from tinyimagenet_tfrecords import manifest as manifest_lib

@@ -38,10 +38,10 @@ def test_whole_run_reads_its_build_and_writes_checkpoints_and_reports_on_ram_url
     phase = config_lib.Phase(epochs=2, image_size=16, batch_size=16, augment="none",
                              plateau=False)
     cfg = config_lib.RunConfig(
-        data=data, out=out, model="net2", width=0.0625, phases=(phase,), steps_per_epoch=2,
+        data=data, out=out, model="smoke", phases=(phase,), steps_per_epoch=2,
         val_image_size=16, eval_batch_size=64, bn_momentum=0.9, xla=False, progress=False,
         misclassified=4, worst_classes=3, strategy="default")
-    summary = training.run(cfg, flags_text="--model=net2\n")
+    summary = training.run(cfg, flags_text="--model=smoke\n")
     assert summary["epochs"] == 2
     names = set(tf.io.gfile.listdir(out))
     for want in ("config.json", "flags.txt", "history.csv", "history.json", "loss.png",

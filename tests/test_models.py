@@ -359,8 +359,8 @@ def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     strategy = strategy_lib.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = models.build("net1", num_classes=10, width=TINY)
+    with strategy.scope():  # the smoke-test net: Network 1 under XLA is the next test's subject
+        model = models.build("smoke", num_classes=10)
         optimizer = keras.optimizers.SGD(0.05)
         optimizer.build(model.trainable_variables)
     step = steps_lib.make_train_step(model, optimizer, strategy, recipe=None,

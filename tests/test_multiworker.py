@@ -26,9 +26,9 @@ from training.errors import RunError  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 ENV.pop("TF_CONFIG", None)
-# Tiny Network 2 at 16 px, 2 epochs x 3 steps, augmentation on (its seeds depend on the
+# The smoke-test network at 16 px, 2 epochs x 3 steps, augmentation on (its seeds depend on the
 # global replica id), no XLA (compiling costs more than these few steps).
-ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
+ARGS = ["--model=smoke", "--image_size=16", "--val_image_size=16",
         "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--augment=student_net2",
         "--bn_momentum=0.9", "--seed=3", "--noxla", "--progress=false", "--misclassified=0",
         "--worst_classes=3", "--eval_batch_size=64", "--noexport"]

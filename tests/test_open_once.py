@@ -83,7 +83,7 @@ def test_a_training_run_reads_the_manifest_once_and_builds_its_val_reader_once(
               config_lib.Phase(epochs=1, image_size=16, batch_size=4, augment="none",
                                plateau=False))
     cfg = config_lib.RunConfig(
-        data=synthetic_build, out=str(tmp_path / "run"), model="net2", width=0.0625,
+        data=synthetic_build, out=str(tmp_path / "run"), model="smoke",
         phases=phases, steps_per_epoch=2, val_image_size=16, eval_batch_size=50, xla=False,
         progress=False, misclassified=4, export=False, seed=1)
     made = _count_eval_readers(monkeypatch)

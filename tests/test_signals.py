@@ -20,7 +20,7 @@ from conftest import committed_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 # Long enough never to finish before the test signals it (each epoch takes a fraction of a second).
-LONG_ARGS = ["--model=net2", "--width=0.0625", "--image_size=16", "--val_image_size=16",
+LONG_ARGS = ["--model=smoke", "--image_size=16", "--val_image_size=16",
              "--batch_size=32", "--steps_per_epoch=2", "--epochs=1000", "--noxla",
              "--progress=false", "--misclassified=0"]
 INTERRUPTED = re.compile(r"train_main: error: interrupted after epoch (\d+); run the same "

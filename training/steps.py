@@ -97,6 +97,10 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     variables = model.trainable_variables
     inline = cross_replica_layers and replicas > 1
 
+    # Not converted by autograph: the step has no Python control flow on tensors, and
+    # converting the recipe's code (every op's Python source, parsed and rewritten) made the
+    # first step of an augmented phase take tens of seconds longer to trace.
+    @tf.autograph.experimental.do_not_convert
     def compute_fn(images, labels, seed):
         x = recipe(images, seed) if recipe is not None else images
         with tf.GradientTape() as tape:
