@@ -432,18 +432,6 @@ def _corrupt_garbage(root, rel):
     _rewrite(os.path.join(root, rel), lambda d: b"\xff\xd8\xff" + os.urandom(300))
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_truncated, _corrupt_garbage])
-def test_undecodable_or_truncated_image_is_refused_naming_it(tmp_path, corrupt):
-    src = tiny_dataset(tmp_path)
-    w2 = synthetic.synthetic_wnid(2)
-    rel = f"train/{w2}/images/{w2}_3.JPEG"
-    corrupt(src, rel)
-    out = tmp_path / "out"
-    with pytest.raises(source.CorruptImageError, match=f"{w2}_3.JPEG"):
-        build_quiet(src, out)
-    assert no_finished_output(out)
-
-
 def test_skip_corrupt_skips_and_lists_each_corrupt_file(tmp_path):
     src = tiny_dataset(tmp_path)
     w1 = synthetic.synthetic_wnid(1)
@@ -470,74 +458,110 @@ def _line_count(path):
         return sum(1 for _ in f)
 
 
-def test_val_annotation_naming_unknown_wnid_is_refused_with_line(tmp_path):
-    src = tiny_dataset(tmp_path)
+# --- The refusals: one table of damaged copies; each names the file (and line) ----------------
+#
+# Every row damages a fresh copy of one small generated dataset and says what the build must
+# refuse with: (id, damage(src) -> message regex, the exception, build arguments).
+
+W0, W1, W2 = (synthetic.synthetic_wnid(i) for i in range(3))
+
+
+def _unknown_wnid_in_val_annotations(src):
     ann = os.path.join(src, "val", "val_annotations.txt")
     lines = open(ann).read().splitlines()
     lines[3] = lines[3].replace(lines[3].split("\t")[1], "n99999999")
     with open(ann, "w") as f:
         f.write("\n".join(lines) + "\n")
-    with pytest.raises(source.SourceError, match=r"val_annotations.txt:4: unknown wnid n99999999"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+    return r"val_annotations.txt:4: unknown wnid n99999999"
 
 
-def test_val_image_without_annotation_is_refused_naming_it(tmp_path):
-    src = tiny_dataset(tmp_path)
+def _val_image_without_annotation(src):
     shutil.copy(os.path.join(src, "val", "images", "val_0.JPEG"),
                 os.path.join(src, "val", "images", "val_extra.JPEG"))
-    with pytest.raises(source.SourceError, match=r"val_extra.JPEG: val image has no annotation"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+    return r"val_extra.JPEG: val image has no annotation"
 
 
-def test_val_annotation_without_image_is_refused_with_line(tmp_path):
-    src = tiny_dataset(tmp_path)
+def _val_annotation_without_image(src):
     ann = os.path.join(src, "val", "val_annotations.txt")
-    _append_line(ann, f"val_404.JPEG\t{synthetic.synthetic_wnid(0)}\t0\t0\t5\t5")
-    line = _line_count(ann)
-    with pytest.raises(source.SourceError, match=rf"val_annotations.txt:{line}: .*val_404.JPEG"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+    _append_line(ann, f"val_404.JPEG\t{W0}\t0\t0\t5\t5")
+    return rf"val_annotations.txt:{_line_count(ann)}: .*val_404.JPEG"
 
 
-def test_train_folder_not_listed_in_wnids_is_refused_naming_it(tmp_path):
-    src = tiny_dataset(tmp_path)
-    shutil.copytree(os.path.join(src, "train", synthetic.synthetic_wnid(0)),
-                    os.path.join(src, "train", "n12345678"))
-    with pytest.raises(source.SourceError, match=r"train/n12345678: train folder not listed"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+def _train_folder_not_in_wnids(src):
+    shutil.copytree(os.path.join(src, "train", W0), os.path.join(src, "train", "n12345678"))
+    return r"train/n12345678: train folder not listed"
 
 
-def test_wnid_without_train_folder_is_refused_naming_it(tmp_path):
-    src = tiny_dataset(tmp_path)
-    w1 = synthetic.synthetic_wnid(1)
-    shutil.rmtree(os.path.join(src, "train", w1))
-    with pytest.raises(source.SourceError, match=rf"wnids.txt: wnid {w1} has no train folder"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+def _wnid_without_train_folder(src):
+    shutil.rmtree(os.path.join(src, "train", W1))
+    return rf"wnids.txt: wnid {W1} has no train folder"
 
 
-def test_empty_class_is_refused_naming_it(tmp_path):
-    src = tiny_dataset(tmp_path)
-    w2 = synthetic.synthetic_wnid(2)
-    for path in glob.glob(os.path.join(src, "train", w2, "images", "*")):
+def _empty_class(src):
+    for path in glob.glob(os.path.join(src, "train", W2, "images", "*")):
         os.remove(path)
-    open(os.path.join(src, "train", w2, f"{w2}_boxes.txt"), "w").close()
-    with pytest.raises(source.SourceError, match=rf"train/{w2}/images: empty class {w2}"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
+    open(os.path.join(src, "train", W2, f"{W2}_boxes.txt"), "w").close()
+    return rf"train/{W2}/images: empty class {W2}"
 
 
-def test_class_emptied_by_skip_corrupt_is_refused(tmp_path):
-    src = tiny_dataset(tmp_path)
-    w0 = synthetic.synthetic_wnid(0)
-    for path in glob.glob(os.path.join(src, "train", w0, "images", "*")):
+def _every_image_of_a_class_corrupt(src):
+    for path in glob.glob(os.path.join(src, "train", W0, "images", "*")):
         _rewrite(path, lambda d: d[:40])
-    with pytest.raises(source.SourceError, match=rf"empty class {w0}"):
-        build_quiet(src, tmp_path / "out", skip_corrupt=True)
-    assert no_finished_output(tmp_path / "out")
+    return rf"empty class {W0}"
+
+
+def _image_damaged_by(corrupt):
+    def damage(src):
+        corrupt(src, f"train/{W2}/images/{W2}_3.JPEG")
+        return f"{W2}_3.JPEG"
+    return damage
+
+
+def _box_line(line, says):
+    def damage(src):
+        _append_line(os.path.join(src, "train", W0, f"{W0}_boxes.txt"), line.format(w=W0))
+        return rf"{W0}_boxes.txt:5: {says}"  # 4 boxes, then the bad line
+    return damage
+
+
+REFUSALS = [
+    ("truncated image", _image_damaged_by(_corrupt_truncated), source.CorruptImageError, {}),
+    ("undecodable image", _image_damaged_by(_corrupt_garbage), source.CorruptImageError, {}),
+    ("unknown wnid in val", _unknown_wnid_in_val_annotations, source.SourceError, {}),
+    ("val image unannotated", _val_image_without_annotation, source.SourceError, {}),
+    ("val annotation, no image", _val_annotation_without_image, source.SourceError, {}),
+    ("train folder not in wnids", _train_folder_not_in_wnids, source.SourceError, {}),
+    ("wnid without train folder", _wnid_without_train_folder, source.SourceError, {}),
+    ("empty class", _empty_class, source.SourceError, {}),
+    ("class emptied by --skip_corrupt", _every_image_of_a_class_corrupt, source.SourceError,
+     {"skip_corrupt": True}),
+    # Boxes are optional per class (a missing file is tolerated), a malformed one is not.
+    ("malformed box line", _box_line("{w}_0.JPEG\t1\t2\tthree", "expected"),
+     source.SourceError, {}),
+    ("box for an unknown image", _box_line("{w}_99.JPEG\t1\t2\t3\t4", f"box for {W0}_99.JPEG"),
+     source.SourceError, {}),
+]
+
+
+@pytest.fixture(scope="module")
+def pristine_src(tmp_path_factory):
+    """One small generated dataset (3 classes), copied by the tests that damage it."""
+    return tiny_dataset(tmp_path_factory.mktemp("pristine"))
+
+
+def test_bad_inputs_are_refused_naming_the_file_and_leave_nothing_finished(pristine_src,
+                                                                           tmp_path):
+    for i, (case, damage, error, kwargs) in enumerate(REFUSALS):
+        src = shutil.copytree(pristine_src, tmp_path / f"src{i}")
+        match = damage(str(src))
+        out = tmp_path / f"out{i}"
+        try:
+            build_quiet(src, out, **kwargs)
+        except error as e:
+            assert re.search(match, str(e)), (case, match, str(e))
+        else:
+            pytest.fail(f"{case}: not refused")
+        assert no_finished_output(out), case
 
 
 def test_cli_refuses_bad_input_with_one_line_and_status_2(tmp_path, fresh_flags, monkeypatch,
@@ -932,22 +956,6 @@ def test_class_without_box_file_builds_with_absent_boxes_listed_and_named_once(t
         features.NO_BBOX
     err = capsys.readouterr().err
     assert err.count("no bounding-box file") == 1 and w1 in err and w3 in err
-
-
-def test_malformed_box_file_or_box_for_unknown_image_is_still_refused_with_line(tmp_path):
-    src = tiny_dataset(tmp_path)
-    w0 = synthetic.synthetic_wnid(0)
-    boxes = os.path.join(src, "train", w0, f"{w0}_boxes.txt")
-    original = open(boxes).read()
-    _append_line(boxes, f"{w0}_0.JPEG\t1\t2\tthree")
-    with pytest.raises(source.SourceError, match=rf"{w0}_boxes.txt:5: expected"):
-        build_quiet(src, tmp_path / "out")
-    with open(boxes, "w") as f:
-        f.write(original)
-    _append_line(boxes, f"{w0}_99.JPEG\t1\t2\t3\t4")
-    with pytest.raises(source.SourceError, match=rf"{w0}_boxes.txt:5: box for {w0}_99.JPEG"):
-        build_quiet(src, tmp_path / "out")
-    assert no_finished_output(tmp_path / "out")
 
 
 # --- Damaged zips -------------------------------------------------------------------------------
