@@ -37,7 +37,7 @@ from tinyimagenet_tfrecords import manifest as manifest_lib  # noqa: E402
 from tinyimagenet_tfrecords import source  # noqa: E402
 from tinyimagenet_tfrecords import synthetic  # noqa: E402
 
-from conftest import SAMPLE, needs_sample  # noqa: E402
+from conftest import needs_sample  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

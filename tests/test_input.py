@@ -25,7 +25,6 @@ from tinyimagenet_tfrecords import pipeline
 
 from conftest import SAMPLE
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"}
 
 
