@@ -340,6 +340,7 @@ def test_input_pipelines_partition_the_examples(tmp_path):
             assert sorted(seen[0] + seen[1]) == list(range(N)), (shards, split)
 
 
+@pytest.mark.slow  # joins the session's two-CPU child pytest (the other two_cpus tests are slow)
 @pytest.mark.two_cpus  # logical devices are configured before TensorFlow starts: the child
 def test_mirrored_strategy_replicas_read_disjoint_parts_of_the_training_stream(tmp_path):
     from training import multiworker  # pylint: disable=import-outside-toplevel
