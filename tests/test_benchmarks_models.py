@@ -1,12 +1,17 @@
 """Tests for ``benchmarks.models`` and ``benchmarks.train_step``: they time the product's own
 train step (TensorFlow) or a Keras-only step (any backend), count FLOPs right, and print a
-table, the machine and one JSON line. Everything runs tiny (width 1/16, 16 px, 10 classes)."""
+table, the machine and one JSON line. Everything runs tiny (16 px, 10 classes, one step): the
+FLOP counts use Network 2 at width 1/16, the timed steps the three-conv ``smoke`` network
+(what is checked is the benchmark around the step, not the network). The command lines run
+in-process as ``python -m <tool>`` would (conftest's ``fresh_flags``)."""
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -19,6 +24,17 @@ from training import steps as steps_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 1 / 16
+SMOKE = "smoke"  # three convs: the cheapest model a timed step can take
+
+
+def _run_tool(monkeypatch, module, *args):
+    """``python -m <module> <args>`` in-process (needs ``fresh_flags``); its exit status."""
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    with pytest.raises(SystemExit) as done, warnings.catch_warnings():
+        # "found in sys.modules": this process imported the tool before running it.
+        warnings.filterwarnings("ignore", "'benchmarks", RuntimeWarning)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return done.value.code or 0
 
 
 @pytest.fixture
@@ -47,34 +63,33 @@ def test_conv_flops_match_the_formula_and_scale_with_area():
         models_bench.conv_flops(models.build("net2", num_classes=10, width=TINY))
 
 
-@pytest.mark.slow
 def test_models_bench_times_the_products_train_step_with_the_runs_optimizer(product_steps):
     lines = []
-    summary = models_bench.run_benchmark(["net2"], batch=2, size=16, steps=1, warmup=1,
+    summary = models_bench.run_benchmark([SMOKE], batch=2, size=16, steps=1, warmup=1,
                                          xla=False, precision="float32", width=TINY,
                                          num_classes=10, printer=lines.append)
     (call,) = product_steps
-    assert call["model"] == "net2_w0.0625" and call["xla"] is False and call["recipe"] is None
+    assert call["model"] == SMOKE and call["xla"] is False and call["recipe"] is None
     assert type(call["optimizer"]).__name__.startswith("RMSprop")
     (r,) = summary["results"]
     assert r["images_per_s"] > 0 and np.isfinite(r["loss"])
     assert r["s_per_100k_images"] == pytest.approx(1e5 / r["images_per_s"])
     assert r["fwd_gflops_per_image"] == pytest.approx(
-        models_bench.gflops_per_image("net2", 16, 10, TINY))
+        models_bench.gflops_per_image(SMOKE, 16, 10, TINY))
+    assert r["fwd_gflops_per_image"] > 0
     assert r["achieved_tflops"] == pytest.approx(
         r["images_per_s"] * 3 * r["fwd_gflops_per_image"] / 1e3)
     assert "make_train_step" in summary["step"]
-    assert lines[1].startswith("| model | batch | px |") and lines[2].startswith("| net2_w0.0625")
+    assert lines[1].startswith("| model | batch | px |") and lines[2].startswith("| smoke |")
     assert lines[-1].startswith("machine: device ") and summary["machine"]["keras"]
     json.dumps(summary)  # the CLI's last line
     assert keras.config.dtype_policy().name == "float32"
 
 
-@pytest.mark.slow
 def test_keras_only_step_lowers_the_loss_without_the_products_step(product_steps):
     """The backend-neutral step (here on TensorFlow, the backend the tests have)."""
     keras.utils.set_random_seed(0)
-    model = models.build("net2", num_classes=10, image_size=16, width=TINY)
+    model = models.build(SMOKE, num_classes=10, image_size=16)
     optimizer = models_bench.keras_optimizer("rmsprop", 1e-3)
     optimizer.build(model.trainable_variables)
     step = models_bench.make_keras_step(model, optimizer, xla=False)
@@ -91,26 +106,25 @@ def test_keras_only_step_lowers_the_loss_without_the_products_step(product_steps
     assert product_steps == []
 
 
-@pytest.mark.slow
 def test_backend_neutral_mode_reports_a_row_and_refuses_float16(product_steps):
-    summary = models_bench.run_benchmark(["net1"], batch=2, size=16, steps=1, warmup=1,
+    summary = models_bench.run_benchmark([SMOKE], batch=2, size=16, steps=1, warmup=1,
                                          xla=False, precision="mixed_bfloat16", width=TINY,
                                          num_classes=10, backend_neutral=True,
                                          printer=lambda line: None)
     (r,) = summary["results"]
-    assert r["model"] == "net1_w0.0625" and r["images_per_s"] > 0 and np.isfinite(r["loss"])
+    assert r["model"] == SMOKE and r["images_per_s"] > 0 and np.isfinite(r["loss"])
     assert summary["step"].startswith("Keras-only") and product_steps == []
     assert keras.config.dtype_policy().name == "float32"
     with pytest.raises(ValueError, match="loss scaling"):
-        models_bench.time_backend_neutral("net1", batch=2, size=16, steps=1, warmup=1,
+        models_bench.time_backend_neutral(SMOKE, batch=2, size=16, steps=1, warmup=1,
                                           xla=False, precision="mixed_float16", width=TINY)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # compiles the step with XLA
 def test_train_step_bench_times_the_product_step_with_xla_on_and_off(product_steps):
     lines = []
     summary = train_step_bench.run_benchmark(
-        ["net2"], image_size=16, batch_size=2, steps=1, warmup=1, precisions=["float32"],
+        [SMOKE], image_size=16, batch_size=2, steps=1, warmup=1, precisions=["float32"],
         width=TINY, recipe="none", printer=lines.append)
     # (--augment=<recipe> passes augment.get_recipe(recipe); compiling one takes a minute.)
     assert [(c["xla"], c["recipe"]) for c in product_steps] == [(True, None), (False, None)]
@@ -127,32 +141,46 @@ def _run(args, env=None, python=sys.executable, timeout=600):
                           timeout=timeout)
 
 
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_models_bench_cli_prints_a_table_the_machine_and_one_json_line():
-    proc = _run(["-m", "benchmarks.models", "--models=net2", "--width=0.0625", "--batch=2",
-                 "--size=16", "--steps=1", "--num_classes=10", "--noxla"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+def test_models_bench_cli_prints_a_table_the_machine_and_one_json_line(fresh_flags, monkeypatch,
+                                                                       capsys):
+    status = _run_tool(monkeypatch, "benchmarks.models", f"--models={SMOKE}", "--batch=2",
+                       "--size=16", "--steps=1", "--num_classes=10", "--noxla")
+    out, err = capsys.readouterr()
+    assert status == 0, err[-3000:]
+    lines = out.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert summary["results"][0]["model"] == "net2_w0.0625"
-    assert any(l.startswith("| net2_w0.0625 | 2 | 16 | float32 |") for l in lines)
+    assert summary["results"][0]["model"] == SMOKE
+    assert any(l.startswith(f"| {SMOKE} | 2 | 16 | float32 |") for l in lines)
     assert lines[-2].startswith("machine: device ")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("module, args", [
-    ("benchmarks.models", ["--models=net3"]),
-    ("benchmarks.models", ["--size=20"]),
-    ("benchmarks.train_step", ["--models=net3"]),
-    ("benchmarks.train_step", ["--augment=nope"]),
-])
-@pytest.mark.subprocess
-def test_bench_clis_refuse_bad_flags_with_one_line_and_exit_2(module, args):
-    proc = _run(["-m", module, *args])
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    errors = [l for l in proc.stderr.splitlines() if l.startswith(module)]
-    assert len(errors) == 1 and args[0].split("=")[0] in errors[0], proc.stderr[-2000:]
+# Every refusal a table row: (module, its flags, the flag the one error line names).
+BAD_FLAGS = [
+    ("benchmarks.models", ["--models=net3"], "--models"),
+    ("benchmarks.models", ["--size=20"], "--size"),
+    ("benchmarks.train_step", ["--models=net3"], "--models"),
+    ("benchmarks.train_step", ["--augment=nope"], "--augment"),
+]
+
+
+def test_bench_clis_refuse_bad_flags_with_one_line_and_exit_2(fresh_flags, monkeypatch, capsys,
+                                                               product_steps):
+    for module, args, named in BAD_FLAGS:
+        status = _run_tool(monkeypatch, module, *args)
+        err = capsys.readouterr().err
+        errors = [l for l in err.splitlines() if l.startswith(module)]
+        assert status == 2, (module, args, err[-2000:])
+        assert len(errors) == 1 and named in errors[0], (module, args, err[-2000:])
+        _forget_tool_flags(fresh_flags)
+    assert product_steps == []  # refused before anything was timed
+
+
+def _forget_tool_flags(fv):
+    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
 
 
 def _jax_python():

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import runpy
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -92,17 +93,37 @@ def test_build_bench_times_each_storage(tiny, tmp_path):
     assert "| raw | 1 | 69 |" in build_bench.format_table(rows)
 
 
-@pytest.mark.parametrize("args, expected", [
-    pytest.param(["-m", "benchmarks.pipeline", "--data=/no/such/build"], "/no/such/build",
-                 marks=pytest.mark.slow),  # imports TensorFlow in a subprocess
-    pytest.param(["-m", "benchmarks.pipeline", "--data=x", "--stages=warp"], "warp",
-                 marks=pytest.mark.slow),
+def _forget_tool_flags(fv):
+    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
+
+
+# Bad input to each data benchmark: (``python`` arguments, what the one error line names).
+BAD_INPUT = [
+    (["-m", "benchmarks.pipeline", "--data=/no/such/build"], "/no/such/build"),
+    (["-m", "benchmarks.pipeline", "--data=x", "--stages=warp"], "warp"),
     (["benchmarks/old_way_imgaug.py", "--src=/no/such/src", "--noaugment"], "/no/such/src"),
-])
-def test_data_benchmarks_exit_2_with_one_line_on_bad_input(args, expected):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+]
+
+
+def test_data_benchmarks_exit_2_with_one_line_on_bad_input(fresh_flags, monkeypatch, capsys):
+    """Each runs in-process as ``python <args>`` would (``runpy``; the absl tool on a fresh
+    flag registry, the argparse script as ``__main__``)."""
+    monkeypatch.chdir(REPO)
+    for args, expected in BAD_INPUT:
+        _forget_tool_flags(fresh_flags)
+        module = args[1] if args[0] == "-m" else None
+        monkeypatch.setattr(sys, "argv", [module or args[0], *args[2 if module else 1:]])
+        with pytest.raises(SystemExit) as done, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'benchmarks", RuntimeWarning)  # imported above
+            if module:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(args[0], run_name="__main__")
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert done.value.code == 2, (args, err)
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, (args, err)

@@ -33,11 +33,12 @@ def test_build(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved_model(test_build, tmp_path_factory):
-    """A tiny 16 px model saved as a run saves it: best.keras beside classes.json."""
+    """A tiny 16 px model saved as a run saves it: best.keras beside classes.json (the smoke
+    network: what is checked is evaluation around the model, not its architecture)."""
     import models
     from tinyimagenet_tfrecords import manifest as manifest_lib
     run = tmp_path_factory.mktemp("run")
-    model = models.build("net2", num_classes=3, image_size=16, width=0.0625)
+    model = models.build("smoke", num_classes=3, image_size=16)
     path = str(run / "best.keras")
     model.save(path)
     wnids = list(manifest_lib.open_build(test_build).wnids)
@@ -57,25 +58,17 @@ def test_model_trained_on_other_classes_is_refused(test_build, saved_model, tmp_
         evaluate.check_classes(str(other), 3, build)
 
 
-def test_model_input_size_is_used():
+def test_model_input_size_is_used_and_a_size_it_cannot_take_is_refused():
     import models
-    fixed = models.build("net2", num_classes=3, image_size=16, width=0.0625)
+    fixed = models.build("smoke", num_classes=3, image_size=16)
+    any_size = models.build("smoke", num_classes=3)
     assert evaluate.resolve_image_size(fixed, None, "m.keras") == 16
-    any_size = models.build("net1", num_classes=3, width=0.0625)
     assert evaluate.resolve_image_size(any_size, None, "m.keras") == 64
     assert evaluate.resolve_image_size(any_size, 32, "m.keras") == 32
-
-
-@pytest.mark.parametrize("model, size, match", [
-    ("net2", 64, r"--image_size=64: m.keras takes 16 px"),
-    ("net1", 60, r"--image_size=60: .*multiple of 8"),
-])
-def test_an_image_size_the_model_cannot_take_is_refused(model, size, match):
-    import models
-    built = models.build(model, num_classes=3, image_size=16 if model == "net2" else None,
-                         width=0.0625)
-    with pytest.raises(RunError, match=match):
-        evaluate.resolve_image_size(built, size, "m.keras")
+    for model, size, match in [(fixed, 64, r"--image_size=64: m.keras takes 16 px"),
+                               (any_size, 60, r"--image_size=60: .*multiple of 8")]:
+        with pytest.raises(RunError, match=match):
+            evaluate.resolve_image_size(model, size, "m.keras")
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -118,7 +111,7 @@ def test_unlabelled_split_gets_predictions(test_build, saved_model, tmp_path):
         assert top[0] == r["wnid"] and set(top) == wnids  # 3 classes: all of them, ranked
 
 
-@pytest.mark.slow  # a subprocess importing TensorFlow
+@pytest.mark.subprocess  # runpy's RuntimeWarning shows only in a fresh interpreter
 def test_cli_refuses_with_one_line_and_exit_2_and_no_module_warning(test_build, saved_model,
                                                                      tmp_path):
     proc = subprocess.run(

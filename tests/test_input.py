@@ -13,9 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -28,7 +25,6 @@ from tinyimagenet_tfrecords import pipeline
 
 from conftest import SAMPLE
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset"}
 
 
@@ -325,34 +321,32 @@ def test_augmentation_is_xla_compiled_unless_disabled(png_build):
 
 # ------------------------------------------------------------------------ multiple replicas ---
 
-@pytest.mark.parametrize("shards", [4, 1])  # shard files / shard examples
-@pytest.mark.parametrize("split", ["val", "train"])
-def test_input_pipelines_partition_the_examples(tmp_path, shards, split):
-    write_build(tmp_path, [_image(i, 8, 8) for i in range(N)], shards=shards)
-    build = _open(str(tmp_path))
-    seen = []
-    for pid in range(2):
-        part = dict(num_input_pipelines=2, input_pipeline_id=pid)
-        if split == "val":
-            ds = pipeline.eval_dataset(build, split, batch_size=3, image_size=8, **part)
-        else:  # one data pass of this part, one example per batch
-            ds = pipeline.training_stream(build, batch_size=1, image_size=8, seed=0,
-                                          **part).take(build.split(split).part_size(2, pid))
-        seen.append(_collect(ds)[1].tolist())
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == list(range(N))
+def test_input_pipelines_partition_the_examples(tmp_path):
+    for shards in (4, 1):  # shard files / shard examples
+        write_build(tmp_path / str(shards), [_image(i, 8, 8) for i in range(N)], shards=shards)
+        build = _open(str(tmp_path / str(shards)))
+        for split in ("val", "train"):
+            seen = []
+            for pid in range(2):
+                part = dict(num_input_pipelines=2, input_pipeline_id=pid)
+                if split == "val":
+                    ds = pipeline.eval_dataset(build, split, batch_size=3, image_size=8, **part)
+                else:  # one data pass of this part, one example per batch
+                    ds = pipeline.training_stream(build, batch_size=1, image_size=8, seed=0,
+                                                  **part).take(build.split(split).part_size(2,
+                                                                                            pid))
+                seen.append(_collect(ds)[1].tolist())
+            assert not set(seen[0]) & set(seen[1]), (shards, split)
+            assert sorted(seen[0] + seen[1]) == list(range(N)), (shards, split)
 
 
-_MIRRORED = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tinyimagenet_tfrecords import manifest, pipeline
-    from training import multiworker
+@pytest.mark.slow  # joins the session's two-CPU child pytest (the other two_cpus tests are slow)
+@pytest.mark.two_cpus  # logical devices are configured before TensorFlow starts: the child
+def test_mirrored_strategy_replicas_read_disjoint_parts_of_the_training_stream(tmp_path):
+    from training import multiworker  # pylint: disable=import-outside-toplevel
+    write_build(tmp_path, [_image(i, 16, 16) for i in range(36)], shards=3)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    build = manifest.open_build(sys.argv[1])
+    build = _open(str(tmp_path))
     # Per-replica batches of 8 / 2; 3 steps stay within one pass of each replica's part.
     fn = multiworker.per_replica_input_fn(lambda n, i: pipeline.training_stream(
         build, batch_size=4, image_size=16, seed=0, num_input_pipelines=n,
@@ -363,28 +357,13 @@ _MIRRORED = textwrap.dedent("""
                                        strategy.experimental_local_results(labels))):
             per_replica[r] += y.numpy().tolist()
             shapes.add(tuple(x.shape))
-    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "labels": per_replica,
-                      "shapes": sorted(shapes)}))
-""")
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_replicas_read_disjoint_parts_of_the_training_stream(tmp_path):
-    # Logical devices must be configured before TF initialises them: a fresh process keeps
-    # that away from every other test in this pytest run.
-    write_build(tmp_path, [_image(i, 16, 16) for i in range(36)], shards=3)
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    a, b = result["labels"]
+    assert strategy.num_replicas_in_sync == 2
+    a, b = per_replica
     assert a and b  # both replicas get data
     assert not set(a) & set(b)  # replica r reads part r: shards 0 and 2, shard 1
     assert sorted(b) == list(range(1, 36, 3))  # 3 steps x 4 = all of shard 1
     assert len(a) == 12 and set(a) <= {i for i in range(36) if i % 3 != 1}
-    assert result["shapes"] == [[4, 16, 16, 3]]  # per-replica batch = 8 / 2
+    assert shapes == {(4, 16, 16, 3)}  # per-replica batch = 8 / 2
 
 
 # ---------------------------------------------------------- the real sample, real converter ---

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -181,32 +183,70 @@ def test_every_good_file_is_predicted_and_every_bad_one_named_once(tiny_keras, m
     assert rows["sub/deep16.png"]["probabilities"] == rows["sub/deep8.png"]["probabilities"]
 
 
-@pytest.mark.slow  # subprocesses importing TensorFlow
-@pytest.mark.subprocess
-def test_cli_exits_1_when_a_file_failed_0_with_skip_failures_and_2_for_usage(tiny_keras,
-                                                                             mixed_folder,
-                                                                             tmp_path):
+@pytest.mark.slow  # a subprocess importing TensorFlow
+@pytest.mark.subprocess  # libjpeg's C++ ERROR line on fd 2 is silenced only in a fresh process
+def test_cli_names_each_bad_file_in_one_line_and_exits_1_when_a_file_failed(tiny_keras,
+                                                                            mixed_folder,
+                                                                            tmp_path):
     folder, reasons = mixed_folder
-
-    def cli(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "training.predict", *args], cwd=ROOT,
-                              env=ENV, capture_output=True, text=True, timeout=300,
-                              input=stdin)
     out = tmp_path / "preds.csv"
-    proc = cli(f"--model={tiny_keras}", f"--output={out}", str(folder))
+    proc = subprocess.run([sys.executable, "-m", "training.predict", f"--model={tiny_keras}",
+                           f"--output={out}", str(folder)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.strip().splitlines()
     assert len(err) == len(reasons) + 1 and err[-1].startswith(
-        f"predict: {GOOD + 3} images predicted, {len(reasons)} failed in")
+        f"predict: {GOOD + 3} images predicted, {len(reasons)} failed in"), err
     assert "images/s)" in err[-1]
     assert len(out.read_text().splitlines()) == 1 + GOOD + 3
-    skip = cli(f"--model={tiny_keras}", "--skip_failures", "--format=jsonl", "-",
-               stdin=f"{folder / 'empty.jpg'}\n{folder / 'good00.png'}\n")
-    assert skip.returncode == 0, skip.stderr
-    assert [json.loads(ln)["file"] for ln in skip.stdout.splitlines()] == [
-        str(folder / "good00.png")]
-    assert cli("--no_such_flag").returncode == 2
-    usage = cli(f"--model={tiny_keras}")
-    assert usage.returncode == 2 and usage.stderr.count("\n") == 1
-    missing = cli(f"--model={tmp_path / 'no.keras'}", str(folder))
-    assert missing.returncode == 2 and "no such model file" in missing.stderr
+
+
+def _predict_cli(monkeypatch, *args, stdin=""):
+    """``python -m training.predict <args>`` in-process (needs ``fresh_flags``): status."""
+    monkeypatch.setattr(sys, "argv", ["predict", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    with pytest.raises(SystemExit) as done, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'training.predict' found in sys.modules",
+                                RuntimeWarning)  # this process imported it first
+        runpy.run_module("training.predict", run_name="__main__", alter_sys=True)
+    return done.value.code
+
+
+def _forget_tool_flags(fv):
+    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
+
+
+@pytest.mark.slow  # loads the model and predicts
+def test_cli_exits_0_with_skip_failures_reading_paths_from_stdin(tiny_keras, mixed_folder,
+                                                                 fresh_flags, monkeypatch,
+                                                                 capsys):
+    folder, _ = mixed_folder
+    status = _predict_cli(monkeypatch, f"--model={tiny_keras}", "--skip_failures",
+                          "--format=jsonl", "-",
+                          stdin=f"{folder / 'empty.jpg'}\n{folder / 'good00.png'}\n")
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert [json.loads(ln)["file"] for ln in out.splitlines()] == [str(folder / "good00.png")]
+    assert f"predict: {folder / 'empty.jpg'}: empty file" in err.splitlines()
+
+
+# Usage errors: (arguments, what the one line says); each exits 2 before any model is loaded.
+USAGE = [
+    (["--no_such_flag"], "no_such_flag"),
+    (["--model=m.keras"], "at least one PATH"),
+    (["--model=no.keras", "."], "no such model file"),  # ".": an empty folder
+]
+
+
+def test_cli_exits_2_with_one_line_for_usage(fresh_flags, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for args, says in USAGE:
+        _forget_tool_flags(fresh_flags)
+        status = _predict_cli(monkeypatch, *args)
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and says in err, (args, status, err)
