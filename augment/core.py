@@ -15,6 +15,12 @@ import numbers
 
 import tensorflow as tf
 
+# Every draw names Philox, the generator "auto_select" picks on CPU and GPU (same bits), so
+# the seed is scrambled by a small Philox op instead of XLA's StatelessRandomGetKeyCounter
+# lowering, which keeps XLA's simplification passes from reaching a fixed point: they ran 25
+# rounds instead of 1-18, making the XLA compile slower (README, "Augmentation").
+ALG = "philox"
+
 
 def as_seed(seed) -> tf.Tensor:
     """An int32 ``[2]`` seed tensor from an int, a pair, or a tensor."""
@@ -38,13 +44,14 @@ def split_seed(seed, n: int) -> tf.Tensor:
 
     Both input and outputs are made non-negative (:func:`xla_safe_seed`).
     """
-    return xla_safe_seed(tf.random.experimental.stateless_split(xla_safe_seed(seed), n))
+    return xla_safe_seed(tf.random.experimental.stateless_split(xla_safe_seed(seed), n,
+                                                                alg=ALG))
 
 
 def fold_seed(seed, data) -> tf.Tensor:
     """A new non-negative seed that depends on ``seed`` and the int ``data`` (a step, a replica)."""
     return xla_safe_seed(tf.random.experimental.stateless_fold_in(
-        xla_safe_seed(seed), tf.cast(data, tf.int32)))
+        xla_safe_seed(seed), tf.cast(data, tf.int32), alg=ALG))
 
 
 def step_seed(base_seed, step, replica_id) -> tf.Tensor:
@@ -58,7 +65,8 @@ def step_seed(base_seed, step, replica_id) -> tf.Tensor:
 
 def uniform_int(shape, seed, low: int, high: int) -> tf.Tensor:
     """Stateless int32 uniform on ``[low, high)``, identical eagerly and under XLA."""
-    return tf.random.stateless_uniform(shape, xla_safe_seed(seed), low, high, dtype=tf.int32)
+    return tf.random.stateless_uniform(shape, xla_safe_seed(seed), low, high, dtype=tf.int32,
+                                       alg=ALG)
 
 
 def uniform(shape, seed, low=0.0, high=1.0) -> tf.Tensor:
@@ -70,7 +78,7 @@ def uniform(shape, seed, low=0.0, high=1.0) -> tf.Tensor:
     integer draw.
     """
     bits = tf.random.stateless_uniform(shape, xla_safe_seed(seed), minval=None, maxval=None,
-                                       dtype=tf.uint32)
+                                       dtype=tf.uint32, alg=ALG)
     unit = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
     return low + (high - low) * unit
 
