@@ -251,23 +251,34 @@ def test_export_without_a_class_list_is_refused_in_one_line(tiny_keras, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow  # subprocesses importing TensorFlow
-@pytest.mark.subprocess
-def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, tmp_path):
+def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, tmp_path,
+                                                                   fresh_flags, monkeypatch,
+                                                                   capsys):
+    """``python -m training.export``, run in-process as a fresh process would run it."""
+    import runpy
+
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "training.export", *args], cwd=ROOT,
-                              env=ENV, capture_output=True, text=True, timeout=300)
-    bad = cli("--no_such_flag=1")
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
-    assert "--image_size" in cli("--help").stdout
-    missing = cli("--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "o"))
-    assert missing.returncode == 2 and missing.stderr.strip() == (
+        fresh_flags.unparse_flags()
+        for name in ("model", "out", "image_size"):
+            if name in fresh_flags:
+                delattr(fresh_flags, name)
+        monkeypatch.setattr(sys, "argv", ["export", *args])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module("training.export", run_name="__main__", alter_sys=False)
+        out = capsys.readouterr()
+        return done.value.code, out.out, out.err
+    status, _, err = cli("--no_such_flag=1")
+    assert status == 2 and err.strip().count("\n") == 0, err
+    status, out, _ = cli("--help")
+    assert status == 0 and "--image_size" in out
+    status, _, err = cli("--model", str(tmp_path / "nope.keras"), "--out", str(tmp_path / "o"))
+    assert status == 2 and err.strip() == (
         f"export: error: --model={tmp_path / 'nope.keras'}: no such model file")
     out = tmp_path / "o"
     out.mkdir()
     (out / "stale.txt").write_text("an earlier export's file")
-    ok = cli("--model", tiny_keras, "--out", str(out))
-    assert ok.returncode == 0, ok.stderr
+    status, _, err = cli("--model", tiny_keras, "--out", str(out))
+    assert status == 0, err
     assert (out / "saved_model.pb").exists() and not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporaries left
 
