@@ -69,13 +69,17 @@ def _reads_sample_directly(function) -> bool:
 
 def _xdist_group(item) -> str | None:
     """Under ``pytest -n 2 --dist loadgroup`` (the README's command), the tests that must share a
-    worker: all ``two_cpus`` tests (one child pytest runs them) and the tests of a module that
-    share a module-scoped fixture (a training made once per module, not once per worker)."""
+    worker: all ``two_cpus`` tests (one child pytest runs them) and the tests that share a
+    module- or session-scoped fixture their module defines (a training made once, not once
+    per worker). Such a fixture should be session-scoped when it is expensive: a worker runs
+    other modules' tests in between, and pytest tears a module's fixtures down when it leaves
+    the module."""
     if item.get_closest_marker("two_cpus"):
         return "two_cpus"
     defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    if any(d.scope == "module" for ds in defs.values() for d in ds):
-        return item.module.__name__
+    for d in (d for ds in defs.values() for d in ds):
+        if d.scope in ("module", "session") and d.baseid.endswith(".py"):
+            return d.baseid
     return None
 
 

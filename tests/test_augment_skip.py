@@ -93,7 +93,7 @@ def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
 XLA_BATCH, XLA_SIZE = 7, 16
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def compiled():
     """``compiled(name, lib)``: recipe ``name`` of ``lib`` as one XLA function, built once."""
     cache = {}

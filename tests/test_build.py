@@ -169,7 +169,7 @@ def no_finished_output(out) -> bool:
 # --- Whole builds: generated data always, the real sample when present ------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def synthetic_builds(tmp_path_factory):
     """A generated 10-class copy (with grayscale JPEGs) built in both storages, default shards."""
     root = tmp_path_factory.mktemp("synthetic_builds")
@@ -184,7 +184,7 @@ def synthetic_builds(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def sample_builds(sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_builds")
     out = {"src": sample_dir}
@@ -552,7 +552,7 @@ REFUSALS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def pristine_src(tmp_path_factory):
     """One small generated dataset (3 classes), copied by the tests that damage it."""
     return tiny_dataset(tmp_path_factory.mktemp("pristine"))
@@ -679,7 +679,7 @@ def make_zip(root: str, zip_path: str, prefix: str = "tiny-imagenet-200/") -> st
     return zip_path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def sample_zip(sample_dir, tmp_path_factory):
     return make_zip(sample_dir, str(tmp_path_factory.mktemp("zip") / "tiny-imagenet-200.zip"))
 
@@ -807,7 +807,7 @@ def test_download_with_sha256_mismatch_is_refused(zip_server, tmp_path):
 from tinyimagenet_tfrecords import verify  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def _tiny_build_once(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_build")
     out = root / "out"

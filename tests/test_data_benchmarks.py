@@ -23,7 +23,7 @@ from tinyimagenet_tfrecords import synthetic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def tiny(tmp_path_factory):
     """A generated 3-class dataset folder and its raw build."""
     root = tmp_path_factory.mktemp("bench")

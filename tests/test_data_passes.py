@@ -72,7 +72,7 @@ def test_training_stream_start_example_continues_the_batches(synthetic_build):
 
 # --- the fit loop consumes the stream --------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def unique_label_build(tmp_path_factory):
     """40 classes x 1 training image: the label is the example's id."""
     from training.data import make_synthetic_build

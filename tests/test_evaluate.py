@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def test_build(tmp_path_factory):
     """3 classes with an unlabelled test split of 5 images."""
     from tinyimagenet_tfrecords import build as build_lib
@@ -31,7 +31,7 @@ def test_build(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def saved_model(test_build, tmp_path_factory):
     """A tiny 16 px model saved as a run saves it: best.keras beside classes.json (the smoke
     network: what is checked is evaluation around the model, not its architecture)."""

@@ -52,7 +52,7 @@ def random_image(h=64, w=64, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def tiny_keras(tmp_path_factory) -> str:
     """A random-init tiny Network 2 (32 px input, 10 classes) saved with its class list."""
     return save_tiny_net2(str(tmp_path_factory.mktemp("tiny") / "tiny.keras"), WNIDS, NAMES)
@@ -208,7 +208,7 @@ def call_tensorflow_only(export_dir: str, tmp_path, *, files=(), pixels=None) ->
     return json.loads(out.read_text())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def tiny_export(tiny_keras, tmp_path_factory) -> str:
     from training import export
     out = str(tmp_path_factory.mktemp("export") / "exported")

@@ -30,7 +30,7 @@ def _tracked_files() -> list:
     return [p for p in proc.stdout.decode().split("\0") if p]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def clone(tmp_path_factory):
     """The working tree's tracked files (edits included, untracked files left out) in a folder
     with nothing beside it: what ``git clone`` gives, without needing a commit."""

@@ -86,7 +86,7 @@ def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=
 N = 20  # examples per split of the small builds
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def png_build(tmp_path_factory):
     """20 lossless 64x64 images in 4 shards (every 4th one grayscale)."""
     d = tmp_path_factory.mktemp("png")
@@ -368,7 +368,7 @@ def test_mirrored_strategy_replicas_read_disjoint_parts_of_the_training_stream(t
 
 # ---------------------------------------------------------- the real sample, real converter ---
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def sample_pair(sample_build):
     """conftest's session build of the real sample, opened, with its manifest."""
     build = manifest_lib.open_build(sample_build)

@@ -182,7 +182,7 @@ def _assert_same_history(got, want):
             assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-5), (k, got, want)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def mirrored_run(synthetic_build, tmp_path_factory):
     """The reference: one process, two logical CPUs, MirroredStrategy."""
     out = str(tmp_path_factory.mktemp("mirrored") / "run")
@@ -194,7 +194,7 @@ def mirrored_run(synthetic_build, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def two_worker_run(synthetic_build, tmp_path_factory):
     """Two worker processes, one CPU each; returns (out, [stderr], [TMPDIR], chief pid)."""
     tmp_path = tmp_path_factory.mktemp("two")

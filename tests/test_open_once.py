@@ -17,7 +17,7 @@ from training import readers as readers_lib
 from test_input import N, _image, write_build
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def four_shards(tmp_path_factory):
     """20 examples in 4 shards per split (example i in shard i % 4), test split unlabelled."""
     d = tmp_path_factory.mktemp("open-once")

@@ -126,7 +126,7 @@ def test_rows_are_csv_with_a_header_or_json_lines():
 
 # --- slow: a model on a folder with bad files mixed in -----------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def tiny_keras(tmp_path_factory) -> str:
     """A random-init tiny Network 2 (32 px input, 10 classes) saved with its class list."""
     return save_tiny_net2(str(tmp_path_factory.mktemp("tiny") / "tiny.keras"), WNIDS, NAMES)
@@ -135,7 +135,7 @@ def tiny_keras(tmp_path_factory) -> str:
 GOOD = 12
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def mixed_folder(tmp_path_factory):
     """Good images (JPEG/PNG, a CMYK JPEG, a 16-bit PNG) and bad files; ``{name: reason}``."""
     folder = tmp_path_factory.mktemp("mixed")

@@ -36,19 +36,19 @@ def _four_shards(tmp_path_factory, storage):
     return str(d)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def build_dir(tmp_path_factory):
     """20 examples per split in 4 shards of lossless PNGs (jpeg storage), some grayscale."""
     return _four_shards(tmp_path_factory, "jpeg")
 
 
-@pytest.fixture(scope="module", params=["jpeg", "raw"])
+@pytest.fixture(scope="session", params=["jpeg", "raw"])
 def each_storage(request, tmp_path_factory):
     """The same build in each storage (the slow tier's equality matrix)."""
     return _four_shards(tmp_path_factory, request.param)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def one_shard_dir(tmp_path_factory):
     """One shard per split: several input pipelines share it example by example."""
     d = tmp_path_factory.mktemp("readers-one-shard")

@@ -184,7 +184,7 @@ def test_corrupt_shard_is_named_in_one_failure(synthetic_build, tmp_path):
 # --- subprocess trainings -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: see conftest._xdist_group
 def learned_run(request, synthetic_build, tmp_path_factory):
     """One 2-replica XLA training, shared by the tests that read it: on the real sample where
     there is one (real images must be learnable too), else on the synthetic build (a clone).
