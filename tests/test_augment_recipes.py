@@ -180,6 +180,7 @@ def test_layer_inside_a_model_and_serialisation():
     assert restored.layers[-1].get_config()["recipe"] == "test_layer_mul"
 
 
+@pytest.mark.slow  # in the fast tier it would start the two-CPU child for itself alone
 @pytest.mark.two_cpus
 def test_layer_gives_each_replica_its_own_parameters_under_mirrored_strategy():
     from training import strategy as strategy_lib

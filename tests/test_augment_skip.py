@@ -79,7 +79,7 @@ def _small_trees(lib_comb, lib_geo, lib_photo):
 def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
     new = _small_trees(augment.combinators, augment.geometry, augment.photometric)
     old = _small_trees(old_comb, old_geo, old_photo)
-    for batch in (1, 7, 33):
+    for batch in (1, 33):  # a chunk of one; two chunks, the second partly spare
         x = _images(batch, size=16)
         for name in new:
             for seed in SEEDS[1:3]:

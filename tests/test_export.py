@@ -251,6 +251,7 @@ def test_export_without_a_class_list_is_refused_in_one_line(tiny_keras, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, tmp_path,
                                                                    fresh_flags, monkeypatch,
                                                                    capsys):
