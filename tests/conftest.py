@@ -83,6 +83,7 @@ def _xdist_group(item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Marks the real-sample tests ``sample`` and refuses a test that reads the sample's path
     without asking for it (it would fail, not skip, in a clone with no sample beside it)."""
@@ -236,6 +237,12 @@ def committed_checkpoint(out: str) -> int:
 # --- the two-logical-CPU child -----------------------------------------------------------------
 
 
+def _plain_id(item) -> str:
+    """The test's id without the ``@group`` pytest-xdist appends under ``--dist loadgroup``
+    (the child pytest runs without xdist)."""
+    return item.nodeid[:-len("@two_cpus")] if item.nodeid.endswith("@two_cpus") else item.nodeid
+
+
 def _two_cpus_results(session) -> dict:
     """Runs every ``two_cpus`` test of ``session`` in one child pytest (once) and returns
     ``{nodeid: (outcome, text)}`` from the reports it wrote."""
@@ -245,7 +252,7 @@ def _two_cpus_results(session) -> dict:
     import json  # pylint: disable=import-outside-toplevel
     import sys  # pylint: disable=import-outside-toplevel
     import tempfile  # pylint: disable=import-outside-toplevel
-    ids = [i.nodeid for i in session.items if i.get_closest_marker("two_cpus")]
+    ids = [_plain_id(i) for i in session.items if i.get_closest_marker("two_cpus")]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "reports.jsonl")
         env = {**os.environ, "TIN_TEST_TWO_CPUS_RESULTS": path, "PYTHONPATH": ROOT,
@@ -271,7 +278,7 @@ def pytest_pyfunc_call(pyfuncitem):
     """In the parent, a ``two_cpus`` test's body ran in the child: report what it did there."""
     if TWO_CPUS_CHILD or pyfuncitem.get_closest_marker("two_cpus") is None:
         return None
-    outcome, text = _two_cpus_results(pyfuncitem.session)[pyfuncitem.nodeid]
+    outcome, text = _two_cpus_results(pyfuncitem.session)[_plain_id(pyfuncitem)]
     if outcome == "skipped":
         pytest.skip(text)
     if outcome != "passed":

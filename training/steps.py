@@ -35,8 +35,8 @@ EVAL_TOTALS = ("ce_sum", "top1", "top5", "count")
 # What the progress line says while the first call of a new train step traces and compiles
 # it (seconds to minutes): a figure measured on this project's 2 loaded CPU cores (README).
 COMPILING = ("compiling the train step (the first step includes it; an augmented phase "
-             "typically takes about 1-2.5 min on 2 CPU cores, and --noxla or aug=none trial "
-             "runs compile faster on a CPU)...")
+             "typically takes 30 s to 2 min on 2 CPU cores, and --noxla, aug=none or "
+             "--model=smoke trial runs start faster on a CPU)...")
 
 
 def ranks_of_true_class(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
