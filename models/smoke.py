@@ -5,8 +5,8 @@ not depend on the network, yet on a CPU tracing Network 2's 14 convs and their g
 more than training it for a few steps. This network has every kind of layer the two networks
 train (conv with bias and L2, BatchNorm, ReLU, concatenation, max-pooling, a 1x1 classifier,
 global average pooling, float32 softmax), so the loop meets the same variables, losses and
-BatchNorm statistics, at a third of the set-up time. timm's ``test_*`` models serve the same
-purpose. It is not a model to train for accuracy.
+BatchNorm statistics for much less set-up (README, "Quick start"). timm's ``test_*`` models serve the
+same purpose. It is not a model to train for accuracy.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ def build_smoke(num_classes: int = 200, image_size: int | None = None, width: fl
         name: model name.
     """
     L.check_image_size(image_size, 8)  # as the networks: every size a run takes fits all
-    kwargs = lambda: dict(use_bias=True, kernel_regularizer=keras.regularizers.L2(L2))  # noqa: E731
+
+    def kwargs():  # fresh objects per layer, as in Network 2
+        return dict(use_bias=True, kernel_regularizer=keras.regularizers.L2(L2))
+
     inputs, x = L.pixel_input(image_size)
     filters = L.scaled_filters(FILTERS, width)
     s = L.conv_bn_relu(x, filters, name="stem", **kwargs())
