@@ -457,3 +457,30 @@ def test_phase_spec_inherits_run_defaults_and_rejects_unknown_keys():
         with pytest.raises(config_lib.ConfigError):
             config_lib.parse_phase(bad, image_size=64, batch_size=128, augment="none",
                                    plateau=False)
+
+
+def test_train_step_does_not_pass_the_recipe_through_autograph():
+    """Autograph would parse and rewrite every augmentation op's Python source while tracing:
+    that cost ~30 CPU-s on an augmented phase's first step (README, "Augmentation")."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.autograph.core import ag_ctx  # the status autograph sets
+
+    import models
+    from training import steps as steps_lib
+    statuses = []
+
+    def recipe(images, seed):
+        del seed
+        statuses.append(ag_ctx.control_status_ctx().status)
+        return images
+
+    model = models.build("smoke", num_classes=10, image_size=16)
+    opt = keras.optimizers.Adam(1e-3)
+    opt.build(model.trainable_variables)
+    x = tf.zeros([4, 16, 16, 3], tf.uint8)
+    it = iter(tf.data.Dataset.from_tensors((x, tf.zeros([4], tf.int32))).repeat())
+    step = steps_lib.make_train_step(model, opt, tf.distribute.get_strategy(), recipe=recipe,
+                                     global_batch_size=4, base_seed=0, xla=False)
+    step.run(it, tf.constant(1))  # with xla=True the same function is compiled
+    assert statuses and ag_ctx.Status.ENABLED not in statuses, statuses
