@@ -137,6 +137,15 @@ def _copy(value):
     return value
 
 
+def forget_tool_flags(fv) -> None:
+    """Drops every flag absl did not define and the parse state, so the next tool run in this
+    process defines and parses its flags as in a fresh process."""
+    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
+        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
+            delattr(fv, name)
+    fv.unparse_flags()
+
+
 @pytest.fixture
 def fresh_flags(monkeypatch):
     """absl's flag registry with only absl's own flags (as a new process has it), so a tool
@@ -146,10 +155,7 @@ def fresh_flags(monkeypatch):
     fv = flags.FLAGS
     app.define_help_flags()
     saved = {k: _copy(v) for k, v in fv.__dict__.items()}
-    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
+    forget_tool_flags(fv)
     monkeypatch.setattr(app._run_init, "done", True)  # no absl logging/faulthandler set-up
     yield fv
     fv.__dict__.clear()

@@ -16,6 +16,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import forget_tool_flags
 
 import models
 from benchmarks import models as models_bench
@@ -171,16 +172,9 @@ def test_bench_clis_refuse_bad_flags_with_one_line_and_exit_2(fresh_flags, monke
         errors = [l for l in err.splitlines() if l.startswith(module)]
         assert status == 2, (module, args, err[-2000:])
         assert len(errors) == 1 and named in errors[0], (module, args, err[-2000:])
-        _forget_tool_flags(fresh_flags)
+        forget_tool_flags(fresh_flags)
     assert product_steps == []  # refused before anything was timed
 
-
-def _forget_tool_flags(fv):
-    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
-    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
 
 
 def _jax_python():

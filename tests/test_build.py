@@ -37,7 +37,7 @@ from tinyimagenet_tfrecords import manifest as manifest_lib  # noqa: E402
 from tinyimagenet_tfrecords import source  # noqa: E402
 from tinyimagenet_tfrecords import synthetic  # noqa: E402
 
-from conftest import needs_sample  # noqa: E402
+from conftest import forget_tool_flags, needs_sample  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -911,7 +911,7 @@ def test_verify_cli_exits_0_on_a_good_build_and_1_naming_the_fault(tiny_build, f
     assert _cli(monkeypatch, "tinyimagenet_tfrecords.verify", str(tiny_build)) == 0
     assert "OK (train 12, val 6, test 3 examples" in capsys.readouterr().out
     (tiny_build / "val-00000-of-00001.tfrecord").write_bytes(b"")
-    _forget_tool_flags(fresh_flags)
+    forget_tool_flags(fresh_flags)
     assert _cli(monkeypatch, "tinyimagenet_tfrecords.verify", str(tiny_build)) == 1
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -1191,13 +1191,6 @@ def test_converter_modules_never_import_tensorflow():
 
 # --- Command lines: --help lists the flags, exit 2 for bad input -------------------------------
 
-
-def _forget_tool_flags(fv):
-    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
-    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
 
 
 def _cli(monkeypatch, module, *args):

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import forget_tool_flags
 import tensorflow as tf
 
 from benchmarks import build as build_bench
@@ -93,13 +94,6 @@ def test_build_bench_times_each_storage(tiny, tmp_path):
     assert "| raw | 1 | 69 |" in build_bench.format_table(rows)
 
 
-def _forget_tool_flags(fv):
-    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
-    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
-
 
 # Bad input to each data benchmark: (``python`` arguments, what the one error line names).
 BAD_INPUT = [
@@ -114,7 +108,7 @@ def test_data_benchmarks_exit_2_with_one_line_on_bad_input(fresh_flags, monkeypa
     flag registry, the argparse script as ``__main__``)."""
     monkeypatch.chdir(REPO)
     for args, expected in BAD_INPUT:
-        _forget_tool_flags(fresh_flags)
+        forget_tool_flags(fresh_flags)
         module = args[1] if args[0] == "-m" else None
         monkeypatch.setattr(sys, "argv", [module or args[0], *args[2 if module else 1:]])
         with pytest.raises(SystemExit) as done, warnings.catch_warnings():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_tiny_net2  # noqa: E402
+from conftest import forget_tool_flags, save_tiny_net2  # noqa: E402
 from training import classes as classes_lib
 from training.errors import RunError
 
@@ -259,10 +259,7 @@ def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, 
     import runpy
 
     def cli(*args):
-        fresh_flags.unparse_flags()
-        for name in ("model", "out", "image_size"):
-            if name in fresh_flags:
-                delattr(fresh_flags, name)
+        forget_tool_flags(fresh_flags)
         monkeypatch.setattr(sys, "argv", ["export", *args])
         with pytest.raises(SystemExit) as done:
             runpy.run_module("training.export", run_name="__main__", alter_sys=False)

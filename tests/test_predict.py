@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_tiny_net2  # noqa: E402
+from conftest import forget_tool_flags, save_tiny_net2  # noqa: E402
 from training import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,13 +213,6 @@ def _predict_cli(monkeypatch, *args, stdin=""):
     return done.value.code
 
 
-def _forget_tool_flags(fv):
-    """Drops the flags a tool run defined, so the next runs as in a fresh process."""
-    for name, _ in list(fv._flags().items()):  # pylint: disable=protected-access
-        if not (fv.find_module_defining_flag(name) or "").startswith("absl"):
-            delattr(fv, name)
-    fv.unparse_flags()
-
 
 @pytest.mark.slow  # loads the model and predicts
 def test_cli_exits_0_with_skip_failures_reading_paths_from_stdin(tiny_keras, mixed_folder,
@@ -246,7 +239,7 @@ USAGE = [
 def test_cli_exits_2_with_one_line_for_usage(fresh_flags, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     for args, says in USAGE:
-        _forget_tool_flags(fresh_flags)
+        forget_tool_flags(fresh_flags)
         status = _predict_cli(monkeypatch, *args)
         err = capsys.readouterr().err
         assert status == 2 and err.count("\n") == 1 and says in err, (args, status, err)
