@@ -126,3 +126,22 @@ def test_small_replica_batches_warn_and_name_sync_bn(capsys):
     assert "--sync_bn" in lines[0]
     batchnorm.warn_small_replica_batches(cfg.phases, 8, True, console.log)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+@pytest.mark.two_cpus
+def test_asking_whether_a_replicated_step_was_xla_compiled_does_not_trace_it_again():
+    """The run's summary asks at its end; a retrace of the whole step (augmentation and model)
+    outside the replica context cost 16 s there with the tiny Network 2."""
+    import tensorflow as tf
+    from training import steps as steps_lib
+    strategy = _mirrored()
+    model, opt = _bn_model(strategy, sync=False)
+    step = steps_lib.make_train_step(model, opt, strategy, recipe=None, global_batch_size=4,
+                                     base_seed=0, xla=True)
+    assert not steps_lib.train_step_xla_compiled(step)  # not traced yet
+    ds = tf.data.Dataset.from_tensors((np.zeros([4, 4, 4, 3], np.uint8), np.zeros([4], np.int32)))
+    step.run(iter(strategy.experimental_distribute_dataset(ds.repeat())), tf.constant(1, tf.int32))
+    traces = step.compute.experimental_get_tracing_count()
+    assert steps_lib.train_step_xla_compiled(step)
+    assert step.compute.experimental_get_tracing_count() == traces

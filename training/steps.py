@@ -185,15 +185,26 @@ def is_xla_compiled(fn: tf.types.experimental.GenericFunction, *args) -> bool:
     This is what ``tf.function(jit_compile=True)`` sets and what XLA honours; Keras' silent
     fallbacks show up as its absence. ``args`` may be tensors or ``tf.TensorSpec``.
     """
-    concrete = fn.get_concrete_function(*args)
-    attr = concrete.function_def.attr.get("_XlaMustCompile")
-    return bool(attr is not None and attr.b)
+    return _marked_for_xla(fn.get_concrete_function(*args))
 
 
 def train_step_xla_compiled(step: TrainStep) -> bool:
     """True when every variant the step's inner function was traced for is marked for XLA
-    (False when it was traced inline, or not yet traced)."""
-    if step.compute is None:
+    (False when it was traced inline, or not yet traced).
+
+    Reads the traces already made: asking ``get_concrete_function`` outside the replica
+    context would trace the whole step (augmentation and model) once more.
+    """
+    if step.compute is None or not step.traced:
         return False
-    return bool(step.traced) and all(is_xla_compiled(step.compute, *specs)
-                                     for specs in step.traced)
+    # pylint: disable-next=protected-access
+    traces = getattr(step.compute, "_list_all_concrete_functions", None)
+    if traces is None:  # a TensorFlow without it: the public way, at the cost of a retrace
+        return all(is_xla_compiled(step.compute, *specs) for specs in step.traced)
+    concrete = list(traces())
+    return bool(concrete) and all(_marked_for_xla(c) for c in concrete)
+
+
+def _marked_for_xla(concrete) -> bool:
+    attr = concrete.function_def.attr.get("_XlaMustCompile")
+    return bool(attr is not None and attr.b)
