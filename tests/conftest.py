@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import runpy
 import shutil
+import signal
 import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -110,7 +113,6 @@ def pytest_collection_modifyitems(config, items):
 def _scoped_recipe_registrations():
     """A recipe a test registers is gone after it (``augment.temporary_recipes``); augment is
     imported only by tests that already imported it, so TensorFlow-free tests stay so."""
-    import sys  # pylint: disable=import-outside-toplevel
     recipes = sys.modules.get("augment.recipes")
     if recipes is None:
         yield
@@ -160,6 +162,34 @@ def fresh_flags(monkeypatch):
     yield fv
     fv.__dict__.clear()
     fv.__dict__.update(saved)
+
+
+@pytest.fixture
+def run_tool(fresh_flags, monkeypatch, capsys):
+    """``run_tool(target, *args)`` runs ``python TARGET ARGS`` (a ``.py`` path) or ``python -m
+    TARGET ARGS`` (a module) in this process as a fresh process would: absl's registry made
+    fresh for each call, the SIGINT/SIGTERM handlers a tool installs put back. Returns (exit
+    status, stdout, stderr); an exception other than SystemExit fails the test where raised."""
+    def run(target: str, *args: str):
+        forget_tool_flags(fresh_flags)
+        capsys.readouterr()
+        is_path = target.endswith(".py")
+        monkeypatch.setattr(sys, "argv", [target if is_path else target.rsplit(".", 1)[-1],
+                                          *args])
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with pytest.raises(SystemExit) as done:
+                if is_path:
+                    runpy.run_path(target, run_name="__main__")
+                else:
+                    runpy.run_module(target, run_name="__main__", alter_sys=False)
+        finally:
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+        out = capsys.readouterr()
+        code = done.value.code
+        return 0 if code is None else code, out.out, out.err
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -256,7 +286,6 @@ def _two_cpus_results(session) -> dict:
     if cached is not None:
         return cached
     import json  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
     import tempfile  # pylint: disable=import-outside-toplevel
     ids = [_plain_id(i) for i in session.items if i.get_closest_marker("two_cpus")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,7 +366,6 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """The child ends without the interpreter's teardown of MirroredStrategy's threads (slow)."""
     if TWO_CPUS_CHILD:
-        import sys  # pylint: disable=import-outside-toplevel
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(getattr(config, "tin_exit_status", 1))

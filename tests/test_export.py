@@ -347,24 +347,24 @@ def test_savedmodel_pixels_signature_evaluate_and_predict_agree_on_sample_val(
 
 # --- the export at the end of training ---------------------------------------------------------
 
-@pytest.mark.slow  # trains the demo for one short epoch in a subprocess
-@pytest.mark.subprocess
-def test_training_the_demo_leaves_an_export_tensorflow_alone_serves(tmp_path):
+@pytest.mark.slow  # trains the demo for one short epoch
+def test_training_the_demo_leaves_an_export_with_its_class_names(tmp_path, run_tool):
+    """The demo's defaults export at the end of training. That such an export is served by
+    TensorFlow alone is the subject of the SavedModel tests above (same ``export_model``)."""
+    import tensorflow as tf
     data, out = tmp_path / "data", tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_main.py"),
-         f"--flagfile={os.path.join(ROOT, 'flags', 'demo.flags')}", f"--data={data}",
-         f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress", "--noxla"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, _, err = run_tool(
+        os.path.join(ROOT, "train_main.py"),
+        f"--flagfile={os.path.join(ROOT, 'flags', 'demo.flags')}", f"--data={data}",
+        f"--out={out}", "--epochs=1", "--steps_per_epoch=2", "--noprogress", "--noxla")
+    assert status == 0, err[-3000:]
     from tinyimagenet_tfrecords import manifest as manifest_lib
     wnids, names = classes_lib.classes_from_build(manifest_lib.open_build(str(data)))
     assert classes_lib.embedded(str(out / "best.keras"))["wnids"] == wnids
-    image = tmp_path / "photo.jpg"
-    image.write_bytes(encode(random_image(120, 90), "JPEG"))
-    served = call_tensorflow_only(str(out / "export"), tmp_path, files=[image])
-    assert served["project_modules"] == []
-    (idx,), (got_names,) = served["bytes"]["top5_indices"], served["bytes"]["top5_names"]
+    served = tf.saved_model.load(str(out / "export")).signatures["serving_default"](
+        images=tf.constant([encode(random_image(120, 90), "JPEG")]))
+    idx = served["top5_indices"].numpy()[0].tolist()
+    got_names = [n.decode() for n in served["top5_names"].numpy()[0]]
     assert got_names == [names[i] for i in idx] and len(got_names) == 5
 
 

@@ -377,7 +377,7 @@ def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     assert all(np.isfinite(ce)) and ce[1] < ce[0], ce
     per_replica = (tf.TensorSpec([4, 16, 16, 3], tf.uint8), tf.TensorSpec([4], tf.int32),
                    tf.TensorSpec([2], tf.int32))
-    assert steps_lib.is_xla_compiled(step.compute, *per_replica)
+    assert steps_lib.train_step_xla_compiled(step)
     local = strategy.experimental_local_results(kernel.value)  # one copy per replica
     assert len(local) == 2
     np.testing.assert_allclose(local[0].numpy(), local[1].numpy(), rtol=1e-6)

@@ -348,27 +348,12 @@ def _nothing_written(tmp_path, read_only_dir):
     assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 7))
 
 
-def _train_main_in_process(args, monkeypatch, capsys):
-    """``python train_main.py ARGS`` run in this process (on conftest's ``fresh_flags``
-    registry), its signal handlers put back; returns (exit status, stderr)."""
-    import runpy
-    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "train_main.py"), *args])
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as done:  # an exception instead fails the test here
-            runpy.run_path(os.path.join(ROOT, "train_main.py"), run_name="__main__")
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    return done.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("name", ["missing", "unfinished", "range", "phase", "model_size",
                                   "other_run", "stranger", "read_only", "locked"])
 def test_bad_input_gives_one_clear_line_and_exit_2(synthetic_build, tmp_path, read_only_dir,
-                                                   fresh_flags, monkeypatch, capsys, name):
+                                                   run_tool, name):
     args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)[name]
-    status, err = _train_main_in_process(args, monkeypatch, capsys)
+    status, _, err = run_tool(os.path.join(ROOT, "train_main.py"), *args)
     lines = stderr_lines(err)
     assert status == 2, err[-2000:]
     assert len(lines) == 1 and expected in lines[0], lines
