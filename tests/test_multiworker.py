@@ -301,30 +301,13 @@ def test_a_worker_that_cannot_reach_the_others_ends_with_one_line_and_exit_1(
         assert time.monotonic() - t0 < 100
 
 
-def _train_main_in_process(args, monkeypatch, capsys):
-    """``python train_main.py ARGS`` run in this process (on conftest's ``fresh_flags``
-    registry), its signal handlers put back; returns (exit status, stderr). (A copy of
-    test_training's.)"""
-    import runpy
-    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "train_main.py"), *args])
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as done:  # an exception instead fails the test here
-            runpy.run_path(os.path.join(ROOT, "train_main.py"), run_name="__main__")
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    return done.value.code, capsys.readouterr().err
-
-
 def test_a_tf_config_that_is_not_json_fails_before_training_with_exit_2(
-        synthetic_build, tmp_path, fresh_flags, monkeypatch, capsys):
+        synthetic_build, tmp_path, run_tool, monkeypatch):
     """In this process: the refusal comes before any strategy is made."""
-    del fresh_flags
     out = tmp_path / "run"
     monkeypatch.setenv("TF_CONFIG", "{oops")
-    rc, err = _train_main_in_process([f"--data={synthetic_build}", f"--out={out}", *ARGS],
-                                     monkeypatch, capsys)
+    rc, _, err = run_tool(os.path.join(ROOT, "train_main.py"), f"--data={synthetic_build}",
+                          f"--out={out}", *ARGS)
     assert rc == 2, err
     assert err.strip().splitlines()[-1].startswith("train_main: error: TF_CONFIG: not valid JSON")
     assert "Traceback" not in err and not out.exists()
