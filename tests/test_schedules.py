@@ -52,7 +52,8 @@ def interesting_steps(table, spe):
 def test_schedule_equals_formula_across_cycles_and_phases():
     sched = schedules.Triangular2(schedules.phases_from_epochs(NET2_TABLE, SPE))
     steps = interesting_steps(NET2_TABLE, SPE)
-    got = np.array([float(sched(s)) for s in steps])
+    lr_at = tf.function(sched)  # traced once for a scalar int64 step, as the optimizer calls it
+    got = np.array([float(lr_at(tf.constant(s, tf.int64))) for s in steps])
     want = np.array([reference_lr(s, NET2_TABLE, SPE) for s in steps])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
 
