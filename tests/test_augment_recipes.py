@@ -2,10 +2,11 @@
 
 import json
 import os
-from pathlib import Path
-import subprocess
+import runpy
 import sys
+import warnings
 
+from conftest import forget_tool_flags
 import keras
 import numpy as np
 import pytest
@@ -265,9 +266,6 @@ def test_registered_recipe_trains_through_training_run(synthetic_build, tmp_path
 # --------------------------------------------------------------------------------------------
 # the grid command and the benchmark
 
-ROOT = str(Path(__file__).resolve().parents[1])
-
-
 def _fake_tiny_imagenet(folder, classes=2, per_class=3, size=64):
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -280,21 +278,17 @@ def _fake_tiny_imagenet(folder, classes=2, per_class=3, size=64):
     return str(folder)
 
 
-def _start_module(module, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-
-
-def _finish_module(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(
-        ("WARNING: All log", "I0000", "E0000", "W0000"))]
-    return proc.returncode, out, err, lines
-
-
-def _run_module(module, *args):
-    return _finish_module(_start_module(module, *args))
+def _run_tool(flag_registry, monkeypatch, capsys, module, *args):
+    """``python -m <module> <args>`` in-process, as a fresh process runs it (``runpy`` as
+    ``__main__`` on ``fresh_flags``' registry): ``(exit status, stdout, stderr's lines)``."""
+    forget_tool_flags(flag_registry)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    with pytest.raises(SystemExit) as done, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", f"'{module}' found in sys.modules",
+                                RuntimeWarning)  # this process imported it first
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    out = capsys.readouterr()
+    return done.value.code, out.out, [line for line in out.err.splitlines() if line.strip()]
 
 
 def test_grid_writes_png_with_one_row_per_image(tmp_path):
@@ -334,8 +328,8 @@ def test_grid_run_maps_bad_input_to_exit_2_with_one_line(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["tin"]
 
 
-@pytest.mark.slow
-def test_grid_command_exit_statuses_name_the_flag_or_path(tmp_path):
+def test_grid_command_exit_statuses_name_the_flag_or_path(tmp_path, fresh_flags, monkeypatch,
+                                                          capsys):
     src = _fake_tiny_imagenet(tmp_path / "tin")
     out = tmp_path / "grid.png"
     missing = str(tmp_path / "nowhere")
@@ -346,14 +340,14 @@ def test_grid_command_exit_statuses_name_the_flag_or_path(tmp_path):
         "works": (("--src", src, "--out", str(out), "--n", "2", "--repeats", "1", "--recipe",
                    "none"), 0, None),
     }
-    procs = {name: _start_module("augment.grid", *args) for name, (args, _, _) in cases.items()}
-    for name, proc in procs.items():
-        status, stdout, stderr, lines = _finish_module(proc)
-        _, want_status, needle = cases[name]
-        assert status == want_status, (name, stderr[-2000:])
+    for name, (args, want_status, needle) in cases.items():
+        status, stdout, lines = _run_tool(fresh_flags, monkeypatch, capsys, "augment.grid",
+                                          *args)
+        assert status == want_status, (name, lines)
         if needle:
             assert len(lines) == 1 and needle in lines[0], (name, lines)
-    assert stdout.strip().splitlines()[-1] == str(out) and out.stat().st_size > 0
+    assert not lines and stdout.strip().splitlines()[-1:] == [str(out)], (stdout, lines)
+    assert out.stat().st_size > 0
 
 
 def test_grid_failure_while_writing_is_exit_1_and_leaves_no_file(tmp_path, monkeypatch, capsys):
@@ -381,20 +375,19 @@ def test_bench_measure_counts_images_per_second():
     assert result["calls"] >= 3 and result["images_per_s"] > 0
 
 
-@pytest.mark.slow
-def test_bench_command_prints_machine_table_and_one_json_line():
-    bad = _start_module("benchmarks.augment", "--recipes", "nope", "--seconds", "0")
-    status, stdout, stderr, _ = _run_module(
-        "benchmarks.augment", "--batch", "4", "--size", "16", "--seconds", "0", "--recipes",
-        "none", "--ops=false", "--modes", "graph")
-    assert status == 0, stderr[-2000:]
-    lines = stdout.strip().splitlines()
-    assert lines[0].startswith("machine: ") and "TensorFlow" in lines[0]
-    result = json.loads(lines[-1])
+def test_bench_command_prints_machine_table_and_one_json_line(fresh_flags, monkeypatch, capsys):
+    status, stdout, lines = _run_tool(
+        fresh_flags, monkeypatch, capsys, "benchmarks.augment", "--batch", "4", "--size", "16",
+        "--seconds", "0", "--recipes", "none", "--ops=false", "--modes", "graph")
+    assert status == 0, lines
+    out = stdout.strip().splitlines()
+    assert out[0].startswith("machine: ") and "TensorFlow" in out[0]
+    result = json.loads(out[-1])
     assert result["machine"]["cpus"] >= 1 and result["machine"]["tensorflow"] == tf.__version__
     assert [(r["name"], r["mode"]) for r in result["results"]] == [("none", "graph")]
     assert result["results"][0]["images_per_s"] > 0
-    status, _, _, lines = _finish_module(bad)
+    status, _, lines = _run_tool(fresh_flags, monkeypatch, capsys, "benchmarks.augment",
+                                 "--recipes", "nope", "--seconds", "0")
     assert status == 2 and len(lines) == 1 and "nope" in lines[0], lines
 
 

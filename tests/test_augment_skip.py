@@ -5,6 +5,9 @@ the same bytes as it for the same images and seed, eagerly and under XLA, for ba
 larger, so each image keeps its own draws wherever it lands in the work.
 """
 
+import functools
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -87,9 +90,9 @@ def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
                              f"{name} batch {batch} seed {seed}")
 
 
-# Under XLA every recipe runs on one odd batch of 16 px images: one compile per recipe and
-# library serves every seed and test (seeds are tensors). Chunk edges (a chunk of one, a last
-# chunk partly spare) are on_subset's own tests below, and the eager tests cover more sizes.
+# Under XLA every recipe runs on one odd batch of 16 px images: one compile per recipe serves
+# every seed and test (seeds are tensors). Chunk edges (a chunk of one, a last chunk partly
+# spare) are on_subset's own tests below, and the eager tests cover more sizes.
 XLA_BATCH, XLA_SIZE = 7, 16
 
 
@@ -107,14 +110,34 @@ def compiled():
     return get
 
 
+def _assert_same_as_baseline_under_xla(new, x, seed, old_eager, old_xla, label):
+    """``new`` (the product's output under XLA) has the frozen baseline's bytes under XLA.
+
+    The baseline is compiled only when needed: on these inputs it gives the same bytes under
+    XLA as eagerly (checked for every recipe, tree and seed here with TensorFlow 2.21 on
+    x86-64, and not true in general: other sizes or batches can move a bilinear/blur pixel
+    across .5), so the baseline run eagerly stands in for it. Where the new output differs
+    from that (a bug, or another TensorFlow/CPU rounding the baseline differently), the
+    baseline is compiled (``old_xla()``) and compared XLA with XLA, as the contract says.
+    """
+    new, eager = np.asarray(new), np.asarray(old_eager(x, seed))
+    if new.dtype == eager.dtype and new.shape == eager.shape and np.array_equal(new, eager):
+        return
+    warnings.warn(f"{label}: differs from the baseline run eagerly; compiling the baseline "
+                  "to compare under XLA (slow)")
+    _assert_same(new, old_xla()(x, seed), f"{label} (against the baseline under XLA)")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_bit_identical_to_baseline_under_xla(name, compiled):
-    new, old = compiled(name), compiled(name, augment_baseline)
+    new, old = compiled(name), augment_baseline.get_recipe(name)
     x = tf.constant(_images(XLA_BATCH, size=XLA_SIZE))
     for seed in SEEDS:
         seed = tf.constant(seed, tf.int32)
-        _assert_same(new(x, seed), old(x, seed), f"{name} XLA seed {seed}")
+        _assert_same_as_baseline_under_xla(new(x, seed), x, seed, old,
+                                           lambda: compiled(name, augment_baseline),
+                                           f"{name} XLA seed {seed.numpy().tolist()}")
 
 
 @pytest.mark.slow
@@ -138,18 +161,24 @@ def test_recipe_under_xla_keeps_dtype_and_shape_and_follows_the_seed(name, compi
 
 @pytest.mark.slow
 def test_nested_combinators_under_xla_are_bit_identical_to_baseline():
-    """All trees in one XLA function (one compile), against the baseline run eagerly: XLA and
-    eager agree bit for bit on these trees (checked against the baseline under XLA too when
-    this was written); if a change makes them differ, compile the baseline instead."""
+    """All trees in one XLA function (one compile), against the baseline (see
+    ``_assert_same_as_baseline_under_xla``: compiled, all trees at once, only if needed)."""
     new = _small_trees(augment.combinators, augment.geometry, augment.photometric)
     old = _small_trees(old_comb, old_geo, old_photo)
-    every_tree = tf.function(lambda x, s: {name: tree(x, s) for name, tree in new.items()},
-                             jit_compile=True, autograph=False)
+
+    def all_trees(trees):
+        return tf.function(lambda x, s: {name: tree(x, s) for name, tree in trees.items()},
+                           jit_compile=True, autograph=False)
+
+    every_tree, every_old_tree = all_trees(new), functools.cache(lambda: all_trees(old))
     x = tf.constant(_images(9, size=16))
     for seed in SEEDS[:2]:
         seed = tf.constant(seed, tf.int32)
         for name, out in every_tree(x, seed).items():
-            _assert_same(out, old[name](x, seed), f"{name} XLA seed {seed}")
+            _assert_same_as_baseline_under_xla(
+                out, x, seed, old[name],
+                lambda name=name: lambda x, s: every_old_tree()(x, s)[name],
+                f"{name} XLA seed {seed.numpy().tolist()}")
 
 
 def _mark_rows(x, rows):
