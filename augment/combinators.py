@@ -83,6 +83,7 @@ class Combinator(Augmenter):
 
     SUBSET_PAYS = True
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, images, seed):
         images = tf.convert_to_tensor(images)
         return from_float(self.apply_as(to_float(images), as_seed(seed), images.dtype),
@@ -135,6 +136,7 @@ def _select(chosen: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
 class Identity(Augmenter):
     """imgaug ``Identity``/``Noop``: returns the batch unchanged (the ``none`` recipe)."""
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, images, seed):
         return tf.convert_to_tensor(images)
 

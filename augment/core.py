@@ -172,6 +172,10 @@ class Augmenter:
     # for all vs 147-166 for half); a whole chain (a combinator) gains 2-3x.
     SUBSET_PAYS = False
 
+    # No Python control flow on tensors anywhere in augment/: autograph's rewriting of every
+    # op's source, wherever a caller's function is converted (a tf.data map, a tf.function),
+    # is pure cost (tracing original_net1 in a map took 37 CPU-s with it, 1.8 without).
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, images, seed):
         images = tf.convert_to_tensor(images)
         dtype = images.dtype

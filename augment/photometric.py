@@ -49,6 +49,7 @@ class PixelAugmenter(Augmenter):
 
     ROUNDING = "round"
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, images, seed):
         images = tf.convert_to_tensor(images)
         return _finish(self.apply(to_float(images), as_seed(seed)), images.dtype, self.ROUNDING)

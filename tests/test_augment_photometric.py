@@ -116,6 +116,7 @@ def test_value_map_is_bit_identical_to_imgaug_eagerly_and_under_xla_on_all_256_v
     np.testing.assert_array_equal(xla, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_VALUE_MAPS))
 def test_random_value_map_op_is_bit_identical_eagerly_and_under_xla(name):
     _, cls = _VALUE_MAPS[name]

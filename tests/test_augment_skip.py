@@ -79,6 +79,7 @@ def _small_trees(lib_comb, lib_geo, lib_photo):
     }
 
 
+@pytest.mark.slow
 def test_nested_combinators_are_bit_identical_to_baseline_eagerly():
     new = _small_trees(augment.combinators, augment.geometry, augment.photometric)
     old = _small_trees(old_comb, old_geo, old_photo)

@@ -64,6 +64,7 @@ def test_conv_flops_match_the_formula_and_scale_with_area():
         models_bench.conv_flops(models.build("net2", num_classes=10, width=TINY))
 
 
+@pytest.mark.slow
 def test_models_bench_times_the_products_train_step_with_the_runs_optimizer(product_steps):
     lines = []
     summary = models_bench.run_benchmark([SMOKE], batch=2, size=16, steps=1, warmup=1,

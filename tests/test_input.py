@@ -310,6 +310,7 @@ def _xla_functions(ds) -> int:
     return sum(1 for n in nodes if n.attr["_XlaMustCompile"].b)
 
 
+@pytest.mark.slow
 def test_augmentation_is_xla_compiled_unless_disabled(png_build):
     flip = lambda images, seed: tf.image.stateless_random_flip_left_right(images, seed)  # noqa
     kwargs = dict(batch_size=4, image_size=16, augment=flip)
@@ -321,6 +322,7 @@ def test_augmentation_is_xla_compiled_unless_disabled(png_build):
 
 # ------------------------------------------------------------------------ multiple replicas ---
 
+@pytest.mark.slow
 def test_input_pipelines_partition_the_examples(tmp_path):
     for shards in (4, 1):  # shard files / shard examples
         write_build(tmp_path / str(shards), [_image(i, 8, 8) for i in range(N)], shards=shards)
@@ -379,6 +381,7 @@ def _pil_rgb(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+@pytest.mark.slow
 def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_pair):
     build, manifest = sample_pair
     labels_of = {c["wnid"]: c["label"] for c in manifest["classes"]}
@@ -394,6 +397,7 @@ def test_real_sample_val_pixels_and_labels_match_the_source_files(sample_pair):
     assert got == expected  # every image once, decoded exactly as PIL does, right label
 
 
+@pytest.mark.slow
 def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_pair):
     build, manifest = sample_pair
     per_class = manifest["splits"]["train"]["per_class"]

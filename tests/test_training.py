@@ -90,6 +90,7 @@ def wait_for_checkpoint(out, epoch, proc, timeout=300):
 # --- the fast tier ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_in_process_run_trains_checkpoints_and_releases_its_lock(synthetic_build, tmp_path):
     import training
     out = str(tmp_path / "run")
@@ -444,6 +445,7 @@ def test_phase_spec_inherits_run_defaults_and_rejects_unknown_keys():
                                    plateau=False)
 
 
+@pytest.mark.slow
 def test_train_step_does_not_pass_the_recipe_through_autograph():
     """Autograph would parse and rewrite every augmentation op's Python source while tracing:
     that cost ~30 CPU-s on an augmented phase's first step (README, "Augmentation")."""
