@@ -109,6 +109,39 @@ def pytest_collection_modifyitems(config, items):
             "they fail instead of skipping where there is no sample: " + ", ".join(unmarked))
 
 
+# The shared trainings that take longest (minutes on 2 cores): their groups start first.
+LONGEST_FIXTURES = {"learned_run", "two_worker_run", "mirrored_run"}
+
+
+# A second implementation of the hook (specname), run last: after pytest's fixture ordering.
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems_long_units_first(items):
+    """Under pytest-xdist, which hands out work one unit at a time in collection order
+    (``--no-loadscope-reorder`` in setup.cfg): the long units first, so that the many short
+    tests fill the end of the run instead of one long training ending it alone on one worker.
+    Long: the groups sharing a training in a child process, then other groups with a slow
+    test, then slow tests."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    groups = {}
+    for item in items:
+        marks = groups.setdefault(_xdist_group(item), set())
+        marks.update(m.name for m in item.iter_markers() if m.name in ("slow", "subprocess"))
+        if LONGEST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            marks.add("longest")
+
+    def rank(item):
+        marks = groups.get(_xdist_group(item), set()) if _xdist_group(item) else set()
+        if "longest" in marks:
+            return -1
+        if {"slow", "subprocess"} <= marks:
+            return 0
+        if "slow" in marks:
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def _scoped_recipe_registrations():
     """A recipe a test registers is gone after it (``augment.temporary_recipes``); augment is
