@@ -188,6 +188,10 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
     Registration with the coordination service and a first all-reduce (a barrier) must
     finish within ``timeout_s``; afterwards a worker missing heartbeats for
     ``min(timeout_s, 60)`` seconds makes the others fail (see :func:`peer_failures`).
+    Where TensorFlow itself never gives up (a chief whose workers never start waits in its
+    context set-up, GIL held), :func:`_watchdog` ends the process ``timeout_s + 5`` seconds
+    after the start: exit 1, the same one line, no ``finally`` run (so call this before
+    anything is written).
 
     Raises:
       RunFailure: the other workers could not be reached in time (exit 1).
