@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import hashlib
 import json
 import os
-import sys
-import threading
+import subprocess
+from typing import Callable
 
 from training.errors import RunError, RunFailure
 
@@ -139,19 +140,46 @@ def strategy_name(requested: str, cluster: Cluster | None) -> str:
     return requested
 
 
-def _watchdog(timeout_s: float, message: str) -> threading.Timer:
-    """A timer that ends the process with ``message`` and exit 1 unless cancelled in time.
+# The watchdog's reader (``sh -c READER watchdog LINE``, stdin the pipe faulthandler writes):
+# prints LINE once anything arrives, then drains the pipe until this process is gone (so its
+# last writes never meet a closed pipe); at end-of-file with nothing read it ends silently.
+# It ignores Ctrl-C and SIGTERM, which reach the whole process group, so that it still
+# prints the line if this process is stuck where it cannot act on them.
+_READER = ("trap '' INT TERM; IFS= read -r _ || exit 0; printf '%s\\n' \"$1\" >&2; "
+           "exec cat >/dev/null")
 
-    TensorFlow's coordination service makes the leader wait for the other workers without
-    a deadline; a hard exit is the only way out of that native call.
+
+def _watchdog(timeout_s: float, message: str) -> Callable[[], None]:
+    """Ends this process with exit status 1 and ``train_main: error: MESSAGE`` as the last line
+    on stderr unless the returned ``cancel()`` is called within ``timeout_s`` seconds.
+
+    It must fire while the main thread is blocked in native code that holds the GIL (a chief
+    whose workers never come waits that way in TensorFlow's context set-up), so no Python
+    thread can do it. faulthandler's watchdog is a C thread: when the time is up it writes a
+    traceback into a pipe and calls ``_exit(1)``; a tiny shell process (``_READER``), started
+    now with the pipe as its stdin and this process's stderr, prints the one line when
+    anything arrives. ``cancel()`` disarms the timer, closes the pipe (the reader ends
+    silently) and reaps the reader. faulthandler has one such timer per process: arming this
+    one replaces any other ``dump_traceback_later`` (pytest's ``faulthandler_timeout``, in a
+    test that calls this in-process); ``faulthandler.enable`` (absl's) is unaffected.
     """
-    def fire():
-        print(f"train_main: error: {message}", file=sys.stderr, flush=True)
-        os._exit(1)
-    timer = threading.Timer(timeout_s, fire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    read_fd, write_fd = os.pipe()  # not inheritable: the reader gets only its stdin end
+    try:
+        reader = subprocess.Popen(["/bin/sh", "-c", _READER, "watchdog",
+                                   f"train_main: error: {message}"],
+                                  stdin=read_fd, stdout=subprocess.DEVNULL)
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    faulthandler.dump_traceback_later(timeout_s, exit=True, file=write_fd)
+
+    def cancel():
+        faulthandler.cancel_dump_traceback_later()
+        os.close(write_fd)
+        reader.wait()
+    return cancel
 
 
 def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TIMEOUT_S):
@@ -160,6 +188,10 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
     Registration with the coordination service and a first all-reduce (a barrier) must
     finish within ``timeout_s``; afterwards a worker missing heartbeats for
     ``min(timeout_s, 60)`` seconds makes the others fail (see :func:`peer_failures`).
+    Where TensorFlow itself never gives up (a chief whose workers never start waits in its
+    context set-up, GIL held), :func:`_watchdog` ends the process ``timeout_s + 5`` seconds
+    after the start: exit 1, the same one line, no ``finally`` run (so call this before
+    anything is written).
 
     Raises:
       RunFailure: the other workers could not be reached in time (exit 1).
@@ -170,7 +202,7 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
 
     what = (f"worker {cluster.worker_id} ({cluster.address}) could not reach all "
             f"{cluster.num_workers} workers of {ENV} within {timeout_s:g} s")
-    timer = _watchdog(timeout_s + 5, what)
+    cancel_watchdog = _watchdog(timeout_s + 5, what)
     try:
         jobs = [coordination_config_pb2.CoordinatedJob(name="chief", num_tasks=1)] \
             if cluster.has_chief_job else []
@@ -190,7 +222,7 @@ def make_multiworker_strategy(cluster: Cluster, *, timeout_s: float = DEFAULT_TI
             tf.errors.AbortedError, tf.errors.CancelledError) as e:
         raise RunFailure(f"{what}: {_first_line(e)}") from None
     finally:
-        timer.cancel()
+        cancel_watchdog()
     return strategy
 
 

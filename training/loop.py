@@ -135,12 +135,36 @@ class _Run:
         return os.path.join(self.cfg.out, "best.keras")
 
 
-def run(cfg: config_lib.RunConfig, build: manifest_lib.Build, *, flags_text: str = "",
+def connect(cfg: config_lib.RunConfig) -> tf.distribute.Strategy:
+    """Seeds, op determinism, precision policy, then the strategy: under a multi-worker
+    ``TF_CONFIG``, once every worker has joined within ``cfg.cluster_timeout`` seconds.
+
+    Writes nothing. ``training.run`` calls it before it takes the output folder: a worker
+    that cannot reach the others may be ended by the hard exit of the connection watchdog
+    (``training.cluster``), which no ``finally`` survives, so no folder may exist yet.
+
+    Raises:
+      RunError: a strategy that contradicts ``TF_CONFIG``. RunFailure: the other workers
+        could not be reached in time.
+    """
+    cluster = cluster_lib.from_environment()
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    with cluster_lib.peer_failures(cluster):
+        return strategy_lib.make_strategy(cluster_lib.strategy_name(cfg.strategy, cluster),
+                                          cluster=cluster, timeout_s=cfg.cluster_timeout)
+
+
+def run(cfg: config_lib.RunConfig, build: manifest_lib.Build,
+        strategy: tf.distribute.Strategy, *, flags_text: str = "",
         hooks: Hooks | None = None) -> dict:
     """Trains (or resumes) the run ``cfg`` describes; returns the final summary dict.
 
     Called by ``training.run`` (``training/runner.py``), which has validated ``cfg``, opened
-    the build and checked its shards; nothing here reads the manifest again.
+    the build, checked its shards, made ``strategy`` (:func:`connect`) and taken the output
+    folder; nothing here reads the manifest again.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same ``cfg``; only
     the chief writes ``cfg.out`` (see ``training.multiworker``), and a lost worker ends the
@@ -149,6 +173,7 @@ def run(cfg: config_lib.RunConfig, build: manifest_lib.Build, *, flags_text: str
     Args:
       cfg: the validated settings.
       build: the opened build of ``cfg.data`` (``manifest.open_build``).
+      strategy: what :func:`connect` returned for ``cfg``.
       flags_text: the effective command-line flags, saved as ``flags.txt`` for the record.
       hooks: called at fixed points of each epoch (:class:`training.hooks.Hooks`).
 
@@ -158,7 +183,7 @@ def run(cfg: config_lib.RunConfig, build: manifest_lib.Build, *, flags_text: str
     """
     cluster = cluster_lib.from_environment()
     with cluster_lib.peer_failures(cluster):
-        r = _set_up(cfg, build, cluster, flags_text, hooks or Hooks())
+        r = _set_up(cfg, build, strategy, flags_text, hooks or Hooks())
         for epoch in range(int(r.state.epoch.numpy()), cfg.total_epochs):
             _run_epoch(r, epoch)
         return _finish(r)
@@ -166,14 +191,9 @@ def run(cfg: config_lib.RunConfig, build: manifest_lib.Build, *, flags_text: str
 
 # --- set up ------------------------------------------------------------------------------
 
-def _set_up(cfg, build, cluster, flags_text: str, hooks: Hooks) -> _Run:
-    """Seeds, strategy, output folder, model, optimizer, checkpoint (restored if any)."""
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(cfg.precision)
-    strategy = strategy_lib.make_strategy(cluster_lib.strategy_name(cfg.strategy, cluster),
-                                          cluster=cluster, timeout_s=cfg.cluster_timeout)
+def _set_up(cfg, build, strategy, flags_text: str, hooks: Hooks) -> _Run:
+    """Output folder, model, optimizer, checkpoint (restored if any); seeds and strategy come
+    first, from :func:`connect`."""
     chief = cluster_lib.is_chief(strategy)  # the only writer of cfg.out
     _check_batches(cfg, strategy.num_replicas_in_sync)
     _prepare_folder(cfg, strategy, chief, flags_text)

@@ -1,7 +1,8 @@
 """``training.run``: the fit loop inside the checks and guards every run gets.
 
 Before anything is written: the settings (``config.validate``), the build (opened once:
-``manifest.open_build``) and its shards. Then the output folder is checked and locked
+``manifest.open_build``) and its shards; then the strategy is made (several workers: once all
+have joined). Then the output folder is checked and locked
 (:class:`run_folder.RunFolder`) and the fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training.errors`, with
 a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
 output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
@@ -66,20 +67,24 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
 
     build = prepare(cfg)
     wnids = list(build.wnids)
+    # The strategy before the output folder: a worker whose peers never come may be ended by
+    # the connection watchdog's hard exit (training.cluster), which leaves what exists.
+    try:
+        strategy = loop.connect(cfg)
+    except KeyboardInterrupt:
+        raise _interrupted(cfg.out) from None
     # Several workers: only the chief checks, locks and writes --out (training.cluster).
     writer = cluster_lib.writes_run_folder(cluster_lib.from_environment())
     folder = run_folder.RunFolder(cfg.out, cfg.fingerprint(), wnids) if writer \
         else contextlib.nullcontext()
     with folder:
         try:
-            summary = loop.run(cfg, build, flags_text=flags_text, hooks=hooks)
+            summary = loop.run(cfg, build, strategy, flags_text=flags_text, hooks=hooks)
             if writer:
                 finish_best_model(cfg, build, summary)
             return summary
         except KeyboardInterrupt:
-            epoch = run_folder.last_checkpoint_epoch(cfg.out)
-            where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
-            raise Interrupted(f"interrupted {where}; run the same command to resume") from None
+            raise _interrupted(cfg.out) from None
         except tf.errors.DataLossError as e:
             raise with_checkpoint_note(shards.data_loss_failure(build, e),
                                        run_folder.last_checkpoint_epoch(cfg.out)) from None
@@ -98,6 +103,12 @@ def run(cfg: config_lib.RunConfig, *, flags_text: str = "", hooks=None) -> dict:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise RunFailure(f"{e.filename or cfg.out}: {e.strerror}") from None
             raise
+
+
+def _interrupted(out: str) -> Interrupted:
+    epoch = run_folder.last_checkpoint_epoch(out)
+    where = f"after epoch {epoch}" if epoch else "before the first epoch's checkpoint"
+    return Interrupted(f"interrupted {where}; run the same command to resume")
 
 
 def finish_best_model(cfg: config_lib.RunConfig, build: manifest_lib.Build,
