@@ -2,11 +2,11 @@
 
 Before anything is written: the settings (``config.validate``), the build (opened once:
 ``manifest.open_build``) and its shards; then the strategy is made (several workers: once all
-have joined). Then the output folder is checked and locked
-(:class:`run_folder.RunFolder`) and the fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training.errors`, with
-a one-line message naming the file or setting: a corrupt shard, a full disk or an unwritable
-output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says after
-which epoch the run stopped. A run that stops before its first checkpoint on a fresh
+have joined). Then the output folder is checked and locked (:class:`run_folder.RunFolder`) and
+the fit loop runs. Whatever stops it ends as one of the exceptions of :mod:`training.errors`,
+with a one-line message naming the file or setting: a corrupt shard, a full disk or an
+unwritable output is a :class:`RunFailure`, Ctrl-C or SIGTERM an :class:`Interrupted` that says
+after which epoch the run stopped. A run that stops before its first checkpoint on a fresh
 ``--out`` leaves nothing behind. A finished run gets its class list inside ``best.keras`` and,
 unless ``--noexport``, a SavedModel of it in ``<out>/export`` (``training.export``).
 """
