@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import forget_tool_flags, save_tiny_net2  # noqa: E402
+from conftest import save_tiny_net2  # noqa: E402
 from training import classes as classes_lib
 from training.errors import RunError
 
@@ -253,18 +253,11 @@ def test_export_without_a_class_list_is_refused_in_one_line(tiny_keras, tmp_path
 
 @pytest.mark.slow  # writes a SavedModel
 def test_export_cli_exit_statuses_help_and_an_export_replaced_whole(tiny_keras, tmp_path,
-                                                                   fresh_flags, monkeypatch,
-                                                                   capsys):
+                                                                   run_tool):
     """``python -m training.export``, run in-process as a fresh process would run it."""
-    import runpy
-
     def cli(*args):
-        forget_tool_flags(fresh_flags)
-        monkeypatch.setattr(sys, "argv", ["export", *args])
-        with pytest.raises(SystemExit) as done:
-            runpy.run_module("training.export", run_name="__main__", alter_sys=False)
-        out = capsys.readouterr()
-        return done.value.code, out.out, out.err
+        return run_tool("training.export", *args)
+
     status, _, err = cli("--no_such_flag=1")
     assert status == 2 and err.strip().count("\n") == 0, err
     status, out, _ = cli("--help")
