@@ -123,15 +123,18 @@ def pytest_collection_modifyitems_long_units_first(items):
     test, then slow tests."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    group_of = {item: _xdist_group(item) for item in items}
     groups = {}
-    for item in items:
-        marks = groups.setdefault(_xdist_group(item), set())
+    for item, group in group_of.items():
+        if group is None:
+            continue
+        marks = groups.setdefault(group, set())
         marks.update(m.name for m in item.iter_markers() if m.name in ("slow", "subprocess"))
         if LONGEST_FIXTURES & set(getattr(item, "fixturenames", ())):
             marks.add("longest")
 
     def rank(item):
-        marks = groups.get(_xdist_group(item), set()) if _xdist_group(item) else set()
+        marks = groups.get(group_of[item], set())
         if "longest" in marks:
             return -1
         if {"slow", "subprocess"} <= marks:
