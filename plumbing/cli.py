@@ -67,20 +67,38 @@ def import_tensorflow_quietly() -> None:
                 sys.stderr.flush()
 
 
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+class _Interrupt:
+    """The SIGINT/SIGTERM handler: raises KeyboardInterrupt, and remembers that it was asked
+    so that :func:`raise_if_interrupted` can raise it again where code it ran in dropped it
+    (a Ctrl-C that a dependency swallowed once let a run train on)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        self.requested = True
+        raise KeyboardInterrupt
 
 
 def interrupt_on_signals() -> None:
     """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, which a tool turns into one
     line and :data:`EXIT_INTERRUPTED`.
 
-    SIGINT gets Python's own handler back: a job started in the background (``&``, ``nohup``,
-    some CI runners) inherits SIGINT *ignored*, yet its user still expects ``kill -INT`` (or
-    Ctrl-C after ``fg``) to stop it cleanly.
+    SIGINT gets a handler back even where it was ignored: a job started in the background
+    (``&``, ``nohup``, some CI runners) inherits SIGINT *ignored*, yet its user still expects
+    ``kill -INT`` (or Ctrl-C after ``fg``) to stop it cleanly.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    handler = _Interrupt()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def raise_if_interrupted() -> None:
+    """Raises KeyboardInterrupt if a signal asked the tool to stop, also when the first
+    KeyboardInterrupt was lost; long loops call this between their steps."""
+    handler = signal.getsignal(signal.SIGINT)
+    if isinstance(handler, _Interrupt) and handler.requested:
+        raise KeyboardInterrupt
 
 
 def exit_now(status: int) -> None:

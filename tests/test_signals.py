@@ -18,7 +18,9 @@ import pytest
 from conftest import committed_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+# PYTHONFAULTHANDLER: a child that does not stop is sent SIGABRT, and shows where it was.
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT,
+       "PYTHONFAULTHANDLER": "1"}
 # Long enough never to finish before the test signals it (each epoch takes a fraction of a second).
 LONG_ARGS = ["--model=smoke", "--image_size=16", "--val_image_size=16",
              "--batch_size=32", "--steps_per_epoch=2", "--epochs=1000", "--noxla",
@@ -55,7 +57,13 @@ class Run:
 
     def wait(self, timeout=120) -> float:
         """Waits for the exit; returns when it happened (``time.monotonic``)."""
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # its Python stacks, into self.lines
+            self.proc.wait(timeout=30)
+            self.reader.join(timeout=10)
+            pytest.fail(f"still running {timeout} s after the signal:\n{self.text()[-6000:]}")
         gone = time.monotonic()
         self.reader.join(timeout=10)
         return gone

@@ -108,6 +108,35 @@ def test_in_process_run_trains_checkpoints_and_releases_its_lock(synthetic_build
         assert "ce_loss" in json.load(f)
 
 
+@pytest.mark.slow
+def test_a_ctrl_c_that_library_code_swallowed_still_stops_the_run(synthetic_build, tmp_path):
+    # Seen once in about 90 Ctrl-Cs of a 1,000-epoch run: the handler's KeyboardInterrupt
+    # was raised inside some dependency that dropped it, and the run trained on.
+    import training
+    from plumbing import cli as cli_lib
+    from training.hooks import Hooks
+
+    class SwallowsCtrlC(Hooks):
+        def epoch_started(self, epoch, model):
+            if epoch == 2:
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(2)  # the handler runs here
+                except KeyboardInterrupt:  # what a bare ``except`` somewhere would do
+                    pass
+
+    out = str(tmp_path / "run")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    cli_lib.interrupt_on_signals()
+    try:
+        with pytest.raises(training.Interrupted, match="interrupted after epoch 1;"):
+            training.run(tiny_config(synthetic_build, out, epochs=3), hooks=SwallowsCtrlC())
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert committed_checkpoint(out) == 1 and not os.path.exists(os.path.join(out, "run.lock"))
+
+
 def test_missing_shard_is_named_before_anything_is_written(synthetic_build, tmp_path):
     import training
     from tinyimagenet_tfrecords import manifest as manifest_lib

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 import augment
 import models
+from plumbing import cli
 from plumbing import paths
 from plumbing import progress
 from tinyimagenet_tfrecords import manifest as manifest_lib
@@ -467,6 +468,7 @@ def _train_epoch(cfg, step, optimizer, iterator, *, epoch, phase_idx, phase, n_s
     chunk = max(1, min(cfg.steps_per_call, n_steps))
     done, t_start, images_timed = 0, None, 0
     while done < n_steps:
+        cli.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt was dropped somewhere
         k = min(chunk, n_steps - done)
         got = dict(zip(steps_lib.TRAIN_TOTALS,
                        step.run(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64),
