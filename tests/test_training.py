@@ -109,6 +109,22 @@ def test_in_process_run_trains_checkpoints_and_releases_its_lock(synthetic_build
 
 
 @pytest.mark.slow
+def test_a_deterministic_run_trains_although_xla_is_on(synthetic_build, tmp_path, capsys):
+    # TensorFlow has no deterministic XLA kernel for MaxPool's gradient (all our networks
+    # pool): with op determinism on, an XLA train step failed at its first step.
+    import training
+    from tensorflow.python.framework import config as tf_config
+    try:
+        summary = training.run(tiny_config(synthetic_build, str(tmp_path / "run"), xla=True,
+                                           deterministic=True))
+    finally:
+        tf_config.disable_op_determinism()  # process-wide; the other tests run without it
+    assert summary["epochs"] == 1
+    assert summary["xla_compiled"] and not any(summary["xla_compiled"].values())
+    assert "--deterministic: the train step runs without XLA" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_a_ctrl_c_that_library_code_swallowed_still_stops_the_run(synthetic_build, tmp_path):
     # Seen once in about 90 Ctrl-Cs of a 1,000-epoch run: the handler's KeyboardInterrupt
     # was raised inside some dependency that dropped it, and the run trained on.

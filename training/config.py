@@ -253,7 +253,8 @@ class RunConfig:
         "a silent worker before the others give up)", runtime_only=True, check=above(0))
     seed: int = setting(0, "base seed of initialisation, data order and augmentation",
                         check=within(0, 2 ** 31 - 1))
-    deterministic: bool = setting(False, "enable TF op determinism (exact resume/repeat)")
+    deterministic: bool = setting(False, "enable TF op determinism (exact resume/repeat; the "
+                                  "train step then runs without XLA)")
     checkpoint_every: int = setting(1, "checkpoint every N epochs (and at the end)",
                                     runtime_only=True, check=at_least(1))
     keep_checkpoints: int = setting(3, "checkpoints kept", runtime_only=True,

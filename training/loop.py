@@ -208,7 +208,7 @@ def _set_up(cfg, build, strategy, flags_text: str, hooks: Hooks) -> _Run:
         plateau = schedules.ReduceLROnPlateau(cfg.plateau_factor, cfg.plateau_patience,
                                               cfg.plateau_min_lr)
     hooks.model_built(model)
-    _warn_replicas(cfg, strategy.num_replicas_in_sync)
+    _warn(cfg, strategy.num_replicas_in_sync)
     r = _Run(cfg=cfg, num_train=num_train, strategy=strategy, chief=chief, hooks=hooks,
              model=model, optimizer=optimizer, plateau=plateau, **checkpoint_parts(
                  cfg, model, optimizer, plateau, chief),
@@ -241,11 +241,20 @@ def _prepare_folder(cfg, strategy, chief: bool, flags_text: str) -> None:
         paths.atomic_write_text(os.path.join(cfg.out, "flags.txt"), flags_text)
 
 
-def _warn_replicas(cfg, replicas: int) -> None:
+def _warn(cfg, replicas: int) -> None:
     batchnorm.warn_small_replica_batches(cfg.phases, replicas, cfg.sync_bn, _log)
     if cfg.sync_bn and cfg.xla and replicas > 1:
         _log("warning: --sync_bn with several replicas: the per-replica step runs without XLA "
              "(MirroredStrategy's all-reduce cannot sit inside the compiled function)")
+    if cfg.xla and not _train_step_xla(cfg):
+        _log("warning: --deterministic: the train step runs without XLA (TensorFlow has no "
+             "deterministic XLA kernel for MaxPool's gradient); evaluation keeps XLA")
+
+
+def _train_step_xla(cfg) -> bool:
+    """XLA for the train step unless op determinism is on: TensorFlow then refuses to compile
+    MaxPool's gradient, which every network here has."""
+    return cfg.xla and not cfg.deterministic
 
 
 def checkpoint_parts(cfg, model, optimizer, plateau, chief: bool) -> dict:
@@ -325,8 +334,8 @@ def _train(r: _Run, epoch: int, phase_idx: int, phase: config_lib.Phase) -> dict
         recipe = None if phase.augment == "none" else augment.get_recipe(phase.augment)
         step = r.train_steps[phase.signature] = steps_lib.make_train_step(
             r.model, r.optimizer, r.strategy, recipe=recipe,
-            global_batch_size=phase.batch_size, base_seed=r.cfg.seed, xla=r.cfg.xla,
-            cross_replica_layers=r.cfg.sync_bn)
+            global_batch_size=phase.batch_size, base_seed=r.cfg.seed,
+            xla=_train_step_xla(r.cfg), cross_replica_layers=r.cfg.sync_bn)
     if r.stream is None or r.stream[0] != phase_idx:
         # One stream per phase, continued across its epochs; a new phase (other batch or
         # image size) picks the stream up at the same example.
