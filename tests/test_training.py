@@ -31,8 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 
 # The accuracy run: tiny Network 2 at 32 px, 2 replicas, XLA, the students' augmentation.
+# Three epochs: after two, val top-1 on the sample was 0.314 on one machine and 0.242 on
+# another (XLA's CPU code differs by machine); after three 0.336 there, clear of 0.25.
 LEARN_ARGS = ["--num_logical_cpus=2", "--model=net2", "--width=0.125", "--bn_momentum=0.9",
-              "--image_size=32", "--val_image_size=32", "--batch_size=64", "--epochs=2",
+              "--image_size=32", "--val_image_size=32", "--batch_size=64", "--epochs=3",
               "--steps_per_epoch=30", "--steps_per_call=10", "--augment=student_net2",
               "--learning_rate=2e-3", "--xla", "--progress=false", "--misclassified=12",
               "--noexport"]
@@ -263,7 +265,7 @@ def test_tiny_net2_learns_under_mirrored_strategy_with_xla(learned_run):
 def test_a_run_writes_every_report(learned_run):
     out, proc, data = learned_run
     rows = read_csv(os.path.join(out, "history.csv"))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", "phase", "image_size", "batch_size", "lr", "loss", "acc",
                             "val_loss", "val_acc", "val_top5", "images_per_s", "seconds"}
     assert all(float(r["images_per_s"]) > 0 and float(r["seconds"]) > 0 for r in rows)
