@@ -300,7 +300,7 @@ def test_a_run_writes_every_report(learned_run):
         assert json.load(f)["wnids"] == sorted(classes)
     # One stream: epoch summaries and the final report on stderr, no control characters.
     assert proc.stdout == ""
-    assert "epoch 2/2" in proc.stderr and "\x1b" not in proc.stderr and "\r" not in proc.stderr
+    assert "epoch 3/3" in proc.stderr and "\x1b" not in proc.stderr and "\r" not in proc.stderr
 
 
 @pytest.mark.slow
