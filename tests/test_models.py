@@ -353,7 +353,9 @@ def test_saved_model_loads_back_with_identical_predictions_and_no_custom_objects
 def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     """``training.steps.make_train_step`` on two logical CPUs: per-replica forward + loss +
     grads XLA-compiled, ``optimizer.apply`` on the all-reduced gradients keeps the replicas'
-    weights identical, and two steps on one batch lower the loss."""
+    weights identical, and two steps on one batch lower the loss. An augmentation op runs
+    inside the compiled step, as in training (always flipping: both steps see one batch)."""
+    import augment
     from training import steps as steps_lib
     from training import strategy as strategy_lib
     strategy = strategy_lib.make_strategy("mirrored")
@@ -363,7 +365,7 @@ def test_products_train_step_runs_under_mirrored_strategy_with_xla():
         model = models.build("smoke", num_classes=10)
         optimizer = keras.optimizers.SGD(0.05)
         optimizer.build(model.trainable_variables)
-    step = steps_lib.make_train_step(model, optimizer, strategy, recipe=None,
+    step = steps_lib.make_train_step(model, optimizer, strategy, recipe=augment.Fliplr(1.0),
                                      global_batch_size=8, base_seed=0, xla=True)
     x = _pixels(8, 16)
     y = np.arange(8, dtype=np.int32)
@@ -375,8 +377,6 @@ def test_products_train_step_runs_under_mirrored_strategy_with_xla():
     ce = [t[0] / t[2] for t in totals]
     assert [t[2] for t in totals] == [8, 8], totals  # both replicas' examples counted
     assert all(np.isfinite(ce)) and ce[1] < ce[0], ce
-    per_replica = (tf.TensorSpec([4, 16, 16, 3], tf.uint8), tf.TensorSpec([4], tf.int32),
-                   tf.TensorSpec([2], tf.int32))
     assert steps_lib.train_step_xla_compiled(step)
     local = strategy.experimental_local_results(kernel.value)  # one copy per replica
     assert len(local) == 2
