@@ -9,6 +9,7 @@ to get a sample.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 import runpy
@@ -200,6 +201,18 @@ def fresh_flags(monkeypatch):
     fv.__dict__.update(saved)
 
 
+@contextlib.contextmanager
+def handlers_put_back():
+    """Puts back the SIGINT/SIGTERM handlers that code run in this process (a tool's
+    ``interrupt_on_signals``) installs, so they do not outlive the test."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 @pytest.fixture
 def run_tool(fresh_flags, monkeypatch, capsys):
     """``run_tool(target, *args)`` runs ``python TARGET ARGS`` (a ``.py`` path) or ``python -m
@@ -212,16 +225,11 @@ def run_tool(fresh_flags, monkeypatch, capsys):
         is_path = target.endswith(".py")
         monkeypatch.setattr(sys, "argv", [target if is_path else target.rsplit(".", 1)[-1],
                                           *args])
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            with pytest.raises(SystemExit) as done:
-                if is_path:
-                    runpy.run_path(target, run_name="__main__")
-                else:
-                    runpy.run_module(target, run_name="__main__", alter_sys=False)
-        finally:
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
+        with handlers_put_back(), pytest.raises(SystemExit) as done:
+            if is_path:
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=False)
         out = capsys.readouterr()
         code = done.value.code
         return 0 if code is None else code, out.out, out.err

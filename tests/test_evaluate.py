@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import handlers_put_back
 
 from training import evaluate
 from training.config import ConfigError
@@ -163,14 +164,10 @@ def test_ctrl_c_during_evaluation_is_one_line_and_exit_130_at_once(
     monkeypatch.setattr(cli_lib, "exit_now", exit_now)
     monkeypatch.setattr(sys, "argv", ["evaluate", f"--model={saved_model}",
                                       f"--data={test_build}", f"--out={tmp_path}/r"])
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with handlers_put_back():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with pytest.raises(Exited) as done:
             runpy.run_module("training.evaluate", run_name="__main__", alter_sys=False)
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
     assert done.value.args == (cli_lib.EXIT_INTERRUPTED,)
     assert capsys.readouterr().err == "evaluate: error: interrupted\n"
     assert not (tmp_path / "r").exists()

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import SAMPLE_PRESENT, committed_checkpoint  # noqa: E402
+from conftest import SAMPLE_PRESENT, committed_checkpoint, handlers_put_back  # noqa: E402
 
 from training import config as config_lib  # noqa: E402
 
@@ -145,14 +145,10 @@ def test_a_ctrl_c_that_library_code_swallowed_still_stops_the_run(synthetic_buil
                     pass
 
     out = str(tmp_path / "run")
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    cli_lib.interrupt_on_signals()
-    try:
+    with handlers_put_back():
+        cli_lib.interrupt_on_signals()
         with pytest.raises(training.Interrupted, match="interrupted after epoch 1;"):
             training.run(tiny_config(synthetic_build, out, epochs=3), hooks=SwallowsCtrlC())
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
     assert committed_checkpoint(out) == 1 and not os.path.exists(os.path.join(out, "run.lock"))
 
 
