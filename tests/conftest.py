@@ -213,6 +213,18 @@ def handlers_put_back():
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def op_determinism_undone():
+    """Switches TensorFlow's op determinism off again after an in-process ``--deterministic``
+    run: it is process-wide, and the other tests of this worker run as a user's would. The
+    switch-off is TensorFlow's private function (there is no public one)."""
+    try:
+        yield
+    finally:
+        from tensorflow.python.framework import config as tf_config  # pylint: disable=all
+        tf_config.disable_op_determinism()
+
+
 @pytest.fixture
 def run_tool(fresh_flags, monkeypatch, capsys):
     """``run_tool(target, *args)`` runs ``python TARGET ARGS`` (a ``.py`` path) or ``python -m

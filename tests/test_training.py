@@ -9,6 +9,7 @@ subject of ``test_models`` and ``test_multiworker``). What needs a process of it
 accuracy run, whose stderr is read; a SIGKILL; bad input in a real process) runs
 ``train_main.py`` in a subprocess; the rest runs ``training.run``, the library call, in-process."""
 
+import concurrent.futures
 import csv
 import json
 import os
@@ -22,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import SAMPLE_PRESENT, committed_checkpoint, handlers_put_back  # noqa: E402
+from conftest import (SAMPLE_PRESENT, committed_checkpoint, handlers_put_back,  # noqa: E402
+                      op_determinism_undone)
 
 from training import config as config_lib  # noqa: E402
 
@@ -116,12 +118,9 @@ def test_a_deterministic_run_trains_although_xla_is_on(synthetic_build, tmp_path
     # TensorFlow has no deterministic XLA kernel for MaxPool's gradient (all our networks
     # pool): with op determinism on, an XLA train step failed at its first step.
     import training
-    from tensorflow.python.framework import config as tf_config
-    try:
+    with op_determinism_undone():
         summary = training.run(tiny_config(synthetic_build, str(tmp_path / "run"), xla=True,
                                            deterministic=True))
-    finally:
-        tf_config.disable_op_determinism()  # process-wide; the other tests run without it
     assert summary["epochs"] == 1
     assert summary["xla_compiled"] and not any(summary["xla_compiled"].values())
     assert "--deterministic: the train step runs without XLA" in capsys.readouterr().err
@@ -319,26 +318,38 @@ def test_evaluate_cli_reproduces_the_run_report(learned_run, tmp_path):
     assert again["top1"] == pytest.approx(report["top1"], abs=0.01)  # XLA vs not: rare flips
 
 
+def _kill_at_checkpoint(out, epoch, proc):
+    """SIGKILLs ``proc`` (no handler runs, as after a power cut) once run folder ``out`` has
+    committed the checkpoint of ``epoch``; returns the epoch of the newest one it left."""
+    wait_for_checkpoint(out, epoch, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return committed_checkpoint(out)
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tmp_path):
+def test_killed_run_resumes_with_the_same_epochs_and_metrics(synthetic_build, tmp_path,
+                                                             run_tool):
+    """The killed run is a process of its own; the reference (meanwhile) and the resume run
+    ``train_main.py`` in this process, which also shows that resuming needs nothing of the
+    process that trained the first epochs."""
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
-    # The reference and the first part of the killed run in parallel (2 cores).
-    p_ref = train_main(f"--data={synthetic_build}", f"--out={ref}", *RESUME_ARGS, wait=False)
+    script = os.path.join(ROOT, "train_main.py")
     p_cut = train_main(f"--data={synthetic_build}", f"--out={cut}", *RESUME_ARGS, wait=False)
-    wait_for_checkpoint(cut, 1, p_cut)
-    p_cut.kill()  # SIGKILL: no handler runs, as after a power cut
-    p_cut.communicate(timeout=60)
-    assert p_cut.returncode == -signal.SIGKILL
-    _, err = p_ref.communicate(timeout=400)
-    assert p_ref.returncode == 0, err[-3000:]
-    # The checkpoint is the record (history.csv may lag it by the epoch being written).
-    done = committed_checkpoint(cut)
-    assert 1 <= done < 3 and not os.path.exists(os.path.join(cut, "summary.json"))
-
-    proc = train_main(f"--data={synthetic_build}", f"--out={cut}", *RESUME_ARGS)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr and f"after epoch {done}" in proc.stderr
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, op_determinism_undone():
+        killed = pool.submit(_kill_at_checkpoint, cut, 1, p_cut)
+        status, _, err = run_tool(script, f"--data={synthetic_build}", f"--out={ref}",
+                                  *RESUME_ARGS)
+        assert status == 0, err[-3000:]
+        done = killed.result(timeout=400)
+        # The checkpoint is the record (history.csv may lag it by the epoch being written).
+        assert 1 <= done < 3 and not os.path.exists(os.path.join(cut, "summary.json"))
+        status, _, err = run_tool(script, f"--data={synthetic_build}", f"--out={cut}",
+                                  *RESUME_ARGS)
+    assert status == 0, err[-3000:]
+    assert "resumed from" in err and f"after epoch {done}" in err
     a, b = (read_csv(os.path.join(d, "history.csv")) for d in (ref, cut))
     assert [(r["epoch"], r["phase"]) for r in a] == [(r["epoch"], r["phase"]) for r in b] == [
         ("1", "1"), ("2", "1"), ("3", "2")]
