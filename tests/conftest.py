@@ -391,8 +391,10 @@ def pytest_runtest_logreport(report):
 
 
 # ``TIN_TEST_CPU=FILE`` appends one line per test: CPU seconds (user+sys, of this process and
-# of the children it waited for) and wall seconds, setup and teardown included. On a shared
-# machine CPU time is the stable figure to compare tests by; pytest's --durations is wall time.
+# of the children it waited for) and wall seconds, setup and teardown included, then the start
+# (Unix time) and the pytest-xdist worker, so a run's timeline can be laid out worker by worker.
+# On a shared machine CPU time is the stable figure to compare tests by; pytest's --durations
+# is wall time.
 _CPU_LOG = os.environ.get("TIN_TEST_CPU", "")
 
 
@@ -409,10 +411,12 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     import time  # pylint: disable=import-outside-toplevel
-    cpu, wall = _cpu_seconds(), time.monotonic()
+    cpu, wall, start = _cpu_seconds(), time.monotonic(), time.time()
     yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "-")
     with open(_CPU_LOG, "a", encoding="utf-8") as f:
-        f.write(f"{_cpu_seconds() - cpu:9.2f} {time.monotonic() - wall:9.2f} {item.nodeid}\n")
+        f.write(f"{_cpu_seconds() - cpu:9.2f} {time.monotonic() - wall:9.2f} {start:.2f} "
+                f"{worker} {item.nodeid}\n")
 
 
 def pytest_sessionfinish(session, exitstatus):
