@@ -303,6 +303,18 @@ def test_pipeline_graph_has_no_python_functions(png_build):
     assert ops & PY_OPS
 
 
+def test_pipelines_run_no_autotune_thread_and_one_parallel_call_per_core(png_build):
+    # With TensorFlow's autotune optimizer on, freeing the training stream's iterator (the
+    # end of a run, a phase change) waited for that optimizer thread's sleep: 23-31 s after
+    # the last report of a 90 s run on 2 busy cores, with the GIL held.
+    build = png_build[0]
+    for ds in [_train(build, batch_size=4), _train(build, batch_size=4, deterministic=False),
+               _eval(build, batch_size=4, image_size=32)]:
+        autotune = ds.options().autotune
+        assert autotune.enabled is False
+        assert autotune.initial_parallelism == len(os.sched_getaffinity(0))
+
+
 def _xla_functions(ds) -> int:
     graph = tf.compat.v1.GraphDef()
     graph.ParseFromString(ds._as_serialized_graph().numpy())

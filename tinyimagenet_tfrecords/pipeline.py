@@ -44,6 +44,7 @@ fixed order, last partial batch kept, built once and iterated every epoch).
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
@@ -386,7 +387,14 @@ def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, imag
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:
-    """tf.data settings of every pipeline here: autotuned parallelism, map parallelization.
+    """tf.data settings of every pipeline here: one parallel call per core, map
+    parallelization, prefetch buffers sized by TensorFlow.
+
+    TensorFlow's autotune optimizer is off: freeing an iterator waits for that optimizer's
+    thread to wake from its sleep, which grows to a minute, and it held up the end of a run
+    and each phase change with the GIL held (README, "Input pipeline"). Its stages then run
+    ``AUTOTUNE`` at ``initial_parallelism``, one call per core, the parallelism autotune
+    budgets; prefetch buffers keep TensorFlow's own sizing, which does not use that thread.
 
     Public so that benchmarks time their stages with the pipeline's own settings. Threading
     stays at TF's defaults, measured rather than assumed (README, "Input pipeline"): a private
@@ -395,9 +403,18 @@ def dataset_options(deterministic: bool) -> tf.data.Options:
     """
     options = tf.data.Options()
     options.deterministic = deterministic
-    options.autotune.enabled = True
+    options.autotune.enabled = False
+    options.autotune.initial_parallelism = _cores()
     options.experimental_optimization.map_parallelization = True
     return options
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under a container's limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 _options = dataset_options
