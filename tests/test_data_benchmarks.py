@@ -57,11 +57,13 @@ def test_bench_measures_every_stage_and_reports_json(tiny):
         stages=set(bench.STAGES), profile=True, trace_dir=None, warmup_seconds=0.0,
         log=lambda s: None)
     assert set(figures["stages"]) == {"read_parse", "decode", "resize:16", "resize:8",
-                                      "train", "train_augment", "train_augment_no_xla",
-                                      "old_way", "old_way_no_augment"}
+                                      "train", "train_autotune_on", "train_augment",
+                                      "train_augment_no_xla", "old_way", "old_way_no_augment"}
     assert all(v > 0 for v in figures["stages"].values())
     assert figures["profile"]["decode_ms"] > 0 and "augment_xla_ms" in figures["profile"]
     assert "| train_augment |" in bench.format_table(figures)
+    assert figures["train_over_train_autotune_on"] > 0
+    assert "| train_over_train_autotune_on |" in bench.format_table(figures)
     assert json.loads(json.dumps(figures)) == figures
     assert figures["machine"]["cpus"] == os.cpu_count() and figures["machine"]["tensorflow"]
     assert any("old_way_imgaug skipped: no --imgaug_python" in n for n in figures["notes"])
