@@ -391,8 +391,8 @@ def dataset_options(deterministic: bool) -> tf.data.Options:
     parallelization, prefetch buffers sized by TensorFlow.
 
     TensorFlow's autotune optimizer is off: freeing an iterator waits for that optimizer's
-    thread to wake from its sleep, which grows to a minute, and it held up the end of a run
-    and each phase change with the GIL held (README, "Input pipeline"). Its stages then run
+    thread to wake from its sleep, which grows to a minute, with the GIL held; it held up the
+    end of a run (README, "Input pipeline"), and a phase change frees one too. Stages then run
     ``AUTOTUNE`` at ``initial_parallelism``, one call per core, the parallelism autotune
     budgets; prefetch buffers keep TensorFlow's own sizing, which does not use that thread.
 
