@@ -302,48 +302,51 @@ def run_bench(data, *, src: Optional[str], batch_size: int, image_size: int,
     if recipe is None:
         figures["notes"].append("train_augment skipped: no recipe")
 
-    def record(name, batches, note=""):
+    def record(name, make_batches, note=""):
+        """Measures ``make_batches()``; made only for a requested stage, since making a
+        pipeline's iterator starts its threads filling buffers."""
         if name.split(":")[0] not in stages:
             return
         log(f"  measuring {name} ...")
-        m = measure(batches, seconds=seconds, max_batches=max_batches,
+        m = measure(make_batches(), seconds=seconds, max_batches=max_batches,
                     warmup_seconds=warmup_seconds)
         figures["stages"][name] = round(m["images_per_s"], 1)
         log(f"  {name:24s} {m['images_per_s']:10.0f} images/s  ({m['images']} images, "
             f"{m['seconds']:.1f} s){note}")
 
-    record("read_parse", iter(stage_read_parse(files, batch_size)))
-    record("decode", iter(stage_decode(files, batch_size, native, storage)))
+    record("read_parse", lambda: iter(stage_read_parse(files, batch_size)))
+    record("decode", lambda: iter(stage_decode(files, batch_size, native, storage)))
     for size in sorted({image_size, *resize_sizes}, reverse=True):
         note = "  (stored size: resize skipped)" if size == native else ""
-        record(f"resize:{size}", iter(stage_decode(files, batch_size, size, storage)), note)
+        record(f"resize:{size}",
+               lambda size=size: iter(stage_decode(files, batch_size, size, storage)), note)
     train_kwargs = dict(batch_size=batch_size, image_size=image_size, seed=0,
                         deterministic=deterministic)
-    record("train", iter(pipeline.training_stream(build, **train_kwargs)))
+    record("train", lambda: iter(pipeline.training_stream(build, **train_kwargs)))
     # The same stream with TensorFlow's autotune optimizer on, as before its freeing-stall
     # fix (pipeline.dataset_options): what leaving it off costs or gains.
     optimizer_on = tf.data.Options()
     optimizer_on.autotune.enabled = True
-    record("train_autotune_on", iter(pipeline.training_stream(build, **train_kwargs)
-                                     .with_options(optimizer_on)),
+    record("train_autotune_on", lambda: iter(pipeline.training_stream(build, **train_kwargs)
+                                             .with_options(optimizer_on)),
            "  (TF's autotune optimizer on: the old setting)")
     if recipe is not None and "train_augment" in stages:
         # The pipeline's default: the recipe compiled by XLA (CPU) inside tf.data.
         ds = pipeline.training_stream(build, augment=recipe, **train_kwargs)
         if trace_dir:
             tf.profiler.experimental.start(trace_dir)
-        record("train_augment", iter(ds), f"  (recipe {recipe_name}, XLA)")
+        record("train_augment", lambda: iter(ds), f"  (recipe {recipe_name}, XLA)")
         if trace_dir:
             tf.profiler.experimental.stop()
     if recipe is not None and "train_augment_no_xla" in stages:
         ds = pipeline.training_stream(build, augment=recipe, jit_augment=False,
                                       **train_kwargs)
-        record("train_augment_no_xla", iter(ds), f"  (recipe {recipe_name}, no XLA)")
+        record("train_augment_no_xla", lambda: iter(ds), f"  (recipe {recipe_name}, no XLA)")
     if "old_way" in stages or "old_way_no_augment" in stages:
         if src and os.path.isdir(os.path.join(src, "train")):
-            record("old_way", old_way_batches(src, batch_size=batch_size,
-                                              image_size=image_size))
-            record("old_way_no_augment", old_way_batches(
+            record("old_way", lambda: old_way_batches(src, batch_size=batch_size,
+                                                      image_size=image_size))
+            record("old_way_no_augment", lambda: old_way_batches(
                 src, batch_size=batch_size, image_size=image_size, augment=False))
         else:
             figures["notes"].append(f"old_way skipped: no dataset folder {src!r} (--src)")
