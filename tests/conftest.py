@@ -221,7 +221,8 @@ def op_determinism_undone():
     try:
         yield
     finally:
-        from tensorflow.python.framework import config as tf_config  # pylint: disable=all
+        # pylint: disable-next=import-outside-toplevel
+        from tensorflow.python.framework import config as tf_config
         tf_config.disable_op_determinism()
 
 
