@@ -6,6 +6,7 @@ trains uses the width-1/16 variants with 10 classes.
 """
 
 import ast
+import functools
 import glob
 import json
 import os
@@ -37,6 +38,13 @@ def _run_python(code, timeout=240):
     return proc.stdout
 
 
+@functools.cache
+def _built(name, num_classes=10, width=TINY):
+    """One instance per network and size for the tests that only inspect it or run it at
+    inference (building a full network costs about a CPU-second); never train or mutate it."""
+    return models.build(name, num_classes=num_classes, width=width)
+
+
 @pytest.fixture
 def restore_policy():
     previous = keras.config.dtype_policy()
@@ -47,7 +55,7 @@ def restore_policy():
 @pytest.mark.parametrize("name, expected", [("net1", 17_927_040), ("net2", 11_822_920),
                                             ("net1_student", 17_931_368)])
 def test_full_networks_have_the_papers_parameter_counts(name, expected):
-    model = models.build(name, num_classes=200)
+    model = _built(name, num_classes=200, width=1.0)
     assert model.count_params() == expected
     assert model.name == name
 
@@ -60,7 +68,7 @@ def test_names_lists_every_buildable_network():
 
 
 def test_full_net1_runs_at_16px_and_reports_shapes_for_any_multiple_of_8():
-    model = models.build("net1", num_classes=200)
+    model = _built("net1", num_classes=200, width=1.0)
     assert model.input_shape == (None, None, None, 3)
     out = model(_pixels(1, 16), training=False)
     assert out.shape == (1, 200)
@@ -71,7 +79,7 @@ def test_full_net1_runs_at_16px_and_reports_shapes_for_any_multiple_of_8():
 
 @pytest.mark.parametrize("name", models.NETWORKS)
 def test_one_model_accepts_16_32_and_64px_without_rebuilding(name):
-    model = models.build(name, num_classes=10, width=TINY)
+    model = _built(name)
     for size in (16, 32, 64):
         probs = model(_pixels(2, size), training=False).numpy()
         assert probs.shape == (2, 10)
@@ -86,7 +94,7 @@ def test_fixed_image_size_must_be_a_multiple_of_8():
 
 
 def test_uint8_and_float_pixels_give_the_same_probabilities():
-    model = models.build("net1", num_classes=10, width=TINY)
+    model = _built("net1")
     x = _pixels(2, 32)
     from_uint8 = model(x, training=False).numpy()
     from_float = model(x.astype(np.float32), training=False).numpy()
@@ -242,7 +250,7 @@ def _layer_after(model, layer):
 
 @pytest.mark.parametrize("name", models.NETWORKS)
 def test_every_conv_is_followed_by_batchnorm_then_relu(name):
-    model = models.build(name, num_classes=10, width=TINY)
+    model = _built(name)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     assert len(convs) == (16 if name.startswith("net1") else 14)
     *body, head = convs
@@ -258,15 +266,14 @@ def test_every_conv_is_followed_by_batchnorm_then_relu(name):
 
 
 def test_net2_convs_have_bias_l2_and_variance_scaling_and_net1_convs_have_none():
-    net2 = models.build("net2", num_classes=10, width=TINY)
+    net2 = _built("net2")
     for conv in [l for l in net2.layers if isinstance(l, keras.layers.Conv2D)]:
         assert conv.use_bias
         assert isinstance(conv.kernel_initializer, keras.initializers.VarianceScaling)
         assert type(conv.kernel_initializer) is keras.initializers.VarianceScaling
         assert conv.kernel_regularizer.get_config() == {"l2": pytest.approx(2e-4)}
     assert len(net2.losses) == 14
-    net1 = models.build("net1", num_classes=10, width=TINY)
-    student = models.build("net1_student", num_classes=10, width=TINY)
+    net1, student = _built("net1"), _built("net1_student")
     for model, bias in ((net1, False), (student, True)):
         for conv in [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]:
             assert conv.use_bias is bias
@@ -276,8 +283,7 @@ def test_net2_convs_have_bias_l2_and_variance_scaling_and_net1_convs_have_none()
 
 @pytest.mark.parametrize("name", models.NETWORKS)
 def test_width_multiplier_keeps_the_topology_and_makes_it_tiny(name):
-    full = models.build(name, num_classes=10)
-    tiny = models.build(name, num_classes=10, width=TINY)
+    full, tiny = _built(name, num_classes=200, width=1.0), _built(name)
     assert [(type(l), l.name) for l in tiny.layers] == [(type(l), l.name) for l in full.layers]
     assert 10_000 < tiny.count_params() < 100_000 < full.count_params()
     assert tiny.name == f"{name}_w0.0625"
@@ -389,8 +395,7 @@ def test_smoke_network_has_every_layer_kind_the_networks_train_in_three_convs():
     BatchNorm statistics as Network 2, and save and load back like it."""
     model = models.build("smoke", num_classes=10, image_size=16)
     kinds = {type(layer).__name__ for layer in model.layers}
-    net2 = {type(layer).__name__ for layer in models.build("net2", num_classes=10,
-                                                           width=TINY).layers}
+    net2 = {type(layer).__name__ for layer in _built("net2").layers}
     assert kinds == net2
     assert len([l for l in model.layers if isinstance(l, keras.layers.Conv2D)]) == 3
     assert len(model.losses) == 3 and model.count_params() < 2_000
