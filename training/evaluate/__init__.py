@@ -221,7 +221,8 @@ def predict_probabilities(model, build, *, split: str, image_size: int,
     ds = readers_lib.readers_of(build, readers).get(
         split, image_size=image_size, batch_size=batch_size, with_filenames=True,
         interleave=False)
-    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
+    predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                          autograph=False)
     names, probs = [], []
     for images, _, filenames in ds:
         probs.append(predict(images).numpy())
