@@ -10,6 +10,11 @@ GPUs alike is an explicit split:
   replicas and updates the mirrored variables;
 * an outer ``tf.function`` that runs ``strategy.run`` for ``num_steps`` steps per call.
 
+Only that outer loop goes through autograph (its ``for`` and ``break``): the per-replica step
+and the eval step have no Python control flow on tensors, and converting the per-replica step
+converted the optimizer's Keras code with it, about a CPU-second per trace (README, "Start-up
+time").
+
 Augmentation seeds are ``augment.step_seed(base_seed, global_step, replica_id)``: a pure
 function of the position in training, so a resumed run draws the same augmentations. The
 global step is ``optimizer.iterations``, which counts every step taken, including steps the
@@ -120,9 +125,6 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                                                      reduce_retracing=True)
     traced = []
 
-    # Not autograph-converted either (no Python control flow on tensors here): converting it
-    # converted the optimizer's Keras code with it, about a CPU-second per trace.
-    @tf.autograph.experimental.do_not_convert
     def replica_step(images, labels):
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = augment.step_seed(base_seed, optimizer.iterations, replica_id)
@@ -133,8 +135,8 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         optimizer.apply(grads, variables)
         return totals
 
-    return TrainStep(run=_steps_loop(strategy, replica_step),
-                     compute=None if inline else compute, traced=traced)
+    return TrainStep(run=_steps_loop(strategy, tf.autograph.experimental.do_not_convert(
+        replica_step)), compute=None if inline else compute, traced=traced)
 
 
 def _steps_loop(strategy: tf.distribute.Strategy, replica_step: Callable) -> Callable:
