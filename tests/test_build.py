@@ -34,6 +34,7 @@ from tinyimagenet_tfrecords import build  # noqa: E402
 from tinyimagenet_tfrecords import download  # noqa: E402
 from tinyimagenet_tfrecords import features  # noqa: E402
 from tinyimagenet_tfrecords import manifest as manifest_lib  # noqa: E402
+from tinyimagenet_tfrecords import pipeline  # noqa: E402
 from tinyimagenet_tfrecords import source  # noqa: E402
 from tinyimagenet_tfrecords import synthetic  # noqa: E402
 
@@ -256,6 +257,13 @@ def test_manifest_describes_the_build(builds):
         f"train-{i:05d}-of-00016.tfrecord" for i in range(16)]
     assert m["splits"]["test"]["per_class"] == {}
     assert m["args"]["storage"] == "raw" and m["args"]["seed"] == 0
+    truth = source_truth(builds["src"])
+    for split in ("train", "val", "test"):  # the sizes read from the files' headers
+        sizes = set()
+        for t in truth[split].values():
+            with Image.open(t["path"]) as im:
+                sizes.add((im.height, im.width))
+        assert m["splits"][split]["image_sizes"] == [list(hw) for hw in sorted(sizes)]
 
 
 def test_real_sample_class_names_come_from_words_txt(sample_build):
@@ -888,6 +896,15 @@ def test_verify_catches_counts_that_differ_from_the_shards(tiny_build):
         verify.verify_build(str(tiny_build), decode=False)
 
 
+def test_verify_catches_an_image_size_the_manifest_does_not_list(tiny_build):
+    # The readers trust a split's one listed size (they trace only that decoder).
+    _edit_manifest(tiny_build, lambda m: m["splits"]["val"].update(image_sizes=[[8, 8]]))
+    with pytest.raises(verify.VerifyError,
+                       match=r"val-00000-of-00001.tfrecord: record 0 .*16x16 is not among split "
+                             r"val's image_sizes \[\(8, 8\)\]"):
+        verify.verify_build(str(tiny_build), decode=False)
+
+
 def test_verify_catches_a_label_that_does_not_match_its_wnid(tiny_build):
     _edit_manifest(tiny_build, lambda m: m["classes"][-1].update(wnid="n99999999"))
     with pytest.raises(verify.VerifyError, match=r"record \d+ .*label 2 does not match wnid"):
@@ -1284,3 +1301,21 @@ def test_sample_command_extracts_classes_val_and_test_from_a_zip(tmp_path, fresh
     assert manifest["num_classes"] == 2
     with pytest.raises(sample.SampleError, match="exists"):
         sample.extract_sample(zip_path, str(out))
+
+
+def test_a_split_of_several_image_sizes_lists_each_and_reads_through_the_general_decoder(
+        tmp_path):
+    src = tiny_dataset(tmp_path)
+    first = sorted(glob.glob(os.path.join(src, "val", "images", "*")))[0]
+    Image.fromarray(np.full((10, 20, 3), 200, np.uint8)).save(first, format="JPEG")
+    out = tmp_path / "out"
+    m = build_quiet(src, out)
+    assert m["splits"]["val"]["image_sizes"] == [[10, 20], [16, 16]]  # [height, width]
+    assert m["splits"]["train"]["image_sizes"] == [[16, 16]]
+    verify.verify_build(str(out))
+    opened = manifest_lib.open_build(str(out))
+    assert opened.split("val").uniform_size is None
+    assert opened.split("train").uniform_size == (16, 16)
+    images = np.concatenate([x.numpy() for x, _ in pipeline.eval_dataset(
+        opened, "val", batch_size=4, image_size=16)])
+    assert images.shape == (6, 16, 16, 3)

@@ -420,3 +420,35 @@ def test_real_sample_training_epoch_has_the_manifest_class_balance(sample_pair):
         counts += np.bincount(y.numpy(), minlength=len(counts))
     expected = [per_class[c["wnid"]] for c in manifest["classes"]]
     assert counts.tolist() == expected  # one whole epoch, before any example repeats
+
+
+def test_a_split_of_one_image_size_reads_exactly_as_the_three_branch_decoder_does(
+        synthetic_build):
+    """The manifest's one ``image_sizes`` entry lets the readers trace only that decode (and a
+    resize); every batch must be what the general decoder gives."""
+    import dataclasses
+    build = manifest_lib.open_build(synthetic_build)
+    assert build.split("train").uniform_size == build.split("val").uniform_size == (64, 64)
+    general = dataclasses.replace(build, splits=tuple(
+        dataclasses.replace(s, image_sizes=None) for s in build.splits))
+    assert general.split("train").uniform_size is None
+    for size in (64, 16):
+        fast, slow = (_collect(pipeline.eval_dataset(b, "val", batch_size=64, image_size=size))
+                      for b in (build, general))
+        np.testing.assert_array_equal(fast[0], slow[0])
+        np.testing.assert_array_equal(fast[1], slow[1])
+    fast, slow = ([x.numpy() for x, _ in pipeline.training_stream(
+        b, batch_size=32, image_size=16, seed=1).take(2)] for b in (build, general))
+    np.testing.assert_array_equal(np.stack(fast), np.stack(slow))
+
+
+@pytest.mark.parametrize("storage", ["raw", "jpeg"])
+def test_a_known_stored_size_traces_one_decoder_without_branches(storage):
+    def op_types(stored_size):
+        fn = tf.function(pipeline._decoder(16, storage, stored_size=stored_size))
+        graph = fn.get_concrete_function(tf.TensorSpec([None], tf.string)).graph
+        inner = [f for f in graph._functions.values()]  # branch and loop bodies
+        return {op.type for op in graph.get_operations()} | {
+            n.op for f in inner for n in f.cached_definition.node_def}
+    assert not {"Case", "StatelessCase"} & op_types((64, 64))
+    assert {"Case", "StatelessCase"} & op_types(None)

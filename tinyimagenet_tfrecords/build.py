@@ -163,7 +163,8 @@ def write_shard(task: dict) -> dict:
         ``(relpath, filename, label, wnid, bbox)``), ``storage``, ``skip_corrupt``.
 
     Returns:
-      ``{"file", "num_examples", "sha256", "per_class", "skipped", "converted"}``.
+      ``{"file", "num_examples", "sha256", "bytes", "per_class", "sizes", "skipped",
+      "converted", "cpu_s"}`` (``sizes``: the distinct ``(height, width)`` stored).
 
     Raises:
       source.CorruptImageError: for an undecodable image unless ``skip_corrupt``.
@@ -179,6 +180,7 @@ def _write_shard(task: dict) -> dict:
     ref, storage = task["ref"], task["storage"]
     writer = _ShardWriter(task["path"])
     per_class: dict[str, int] = {}
+    sizes: set[tuple[int, int]] = set()
     skipped, converted = [], []
     count = pending_ticks = 0
     try:
@@ -205,13 +207,14 @@ def _write_shard(task: dict) -> dict:
                 filename=filename, bbox=bbox))
             if wnid:
                 per_class[wnid] = per_class.get(wnid, 0) + 1
+            sizes.add((int(prepared.height), int(prepared.width)))
             count += 1
         _tick(pending_ticks)
     finally:
         sha = writer.close()
     return {"file": os.path.basename(task["path"]), "num_examples": count, "sha256": sha,
             "bytes": os.path.getsize(task["path"]), "per_class": per_class,
-            "skipped": skipped, "converted": converted,
+            "sizes": sorted(sizes), "skipped": skipped, "converted": converted,
             "cpu_s": time.process_time() - cpu_start}
 
 
@@ -659,6 +662,9 @@ def _write_build(scanned, tmp, shard_counts, splits, storage, seed, skip_corrupt
         out_splits[split] = {
             "num_examples": num,
             "per_class": {w: per_class[w] for w in scanned.wnids if w in per_class},
+            # Every stored [height, width]: one size lets the readers trace one decoder.
+            "image_sizes": [list(hw) for hw in sorted({tuple(hw) for r in shards
+                                                       for hw in r["sizes"]})],
             "shards": [{"file": r["file"], "num_examples": r["num_examples"],
                         "bytes": r["bytes"], "sha256": r["sha256"]} for r in shards]}
     return {

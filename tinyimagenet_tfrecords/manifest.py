@@ -160,6 +160,15 @@ class Split:
     shards: tuple[Shard, ...]
     per_class: tuple[tuple[str, int], ...]  # (wnid, examples), in manifest order
     labelled: bool  # False for Tiny ImageNet's test split (every label is -1)
+    # The distinct (height, width) stored; None in builds made before they were recorded.
+    image_sizes: Optional[tuple[tuple[int, int], ...]] = None
+
+    @property
+    def uniform_size(self) -> Optional[tuple[int, int]]:
+        """``(height, width)`` when every image of the split has it (the readers then trace
+        one decoder instead of three), else None."""
+        sizes = self.image_sizes
+        return sizes[0] if sizes is not None and len(sizes) == 1 else None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -274,5 +283,7 @@ def _parse_split(build_dir: str, where: str, name: str, info: dict) -> Split:
     per_class = tuple((str(w), int(n)) for w, n in info.get("per_class", {}).items())
     labelled = bool(info["labelled"]) if "labelled" in info else (
         name != "test" and bool(per_class))
+    sizes = info.get("image_sizes")
+    image_sizes = None if sizes is None else tuple((int(h), int(w)) for h, w in sizes)
     return Split(name=name, num_examples=total, shards=shards, per_class=per_class,
-                 labelled=labelled)
+                 labelled=labelled, image_sizes=image_sizes)

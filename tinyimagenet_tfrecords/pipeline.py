@@ -108,10 +108,14 @@ def resize_images(images: tf.Tensor, image_size: int) -> tf.Tensor:
 decode_image = features.decode_image
 
 
-def decode_batch(parsed: dict, image_size: int, storage: str) -> tf.Tensor:
+def decode_batch(parsed: dict, image_size: int, storage: str,
+                 stored_size: Optional[tuple[int, int]] = None) -> tf.Tensor:
     """Decodes and resizes a parsed batch to uint8 ``[B, image_size, image_size, 3]``.
 
-    One branch per *batch* (cheap), never per image:
+    With ``stored_size`` (the split's one ``(height, width)``, from its manifest; ``verify``
+    checks it) only that decode is traced, and a resize when it is not ``image_size``: a third
+    of the three-branch decoder's tracing and start-up. Without it, one branch per *batch*
+    (cheap), never per image:
     - every image already ``image_size`` (Tiny ImageNet at 64 px): decode only;
     - all images of one size: decode, then one batched resize;
     - mixed sizes: decode and resize each image.
@@ -136,6 +140,9 @@ def decode_batch(parsed: dict, image_size: int, storage: str) -> tf.Tensor:
                 lambda d: decode_image(d, storage), data,
                 fn_output_signature=tf.TensorSpec(spec_hw + [3], tf.uint8))
         return tf.ensure_shape(images, [None] + spec_hw + [3])
+
+    if stored_size is not None:
+        return resize_images(decode_uniform(list(stored_size)), size)
 
     def mixed():
         return tf.map_fn(
@@ -270,7 +277,8 @@ def _split_files(build: manifest_lib.Build, split: str) -> list[str]:
     return files
 
 
-def _decoder(image_size: int, storage: str, with_filenames: bool = False):
+def _decoder(image_size: int, storage: str, with_filenames: bool = False,
+             stored_size: Optional[tuple[int, int]] = None):
     """The per-batch map: serialized ``[B]`` -> (images uint8, labels int32[, filenames])."""
     spec = dict(PARSE_SPEC, **({features.FILENAME: features.PARSE_SPEC[features.FILENAME]}
                                if with_filenames else {}))
@@ -279,7 +287,7 @@ def _decoder(image_size: int, storage: str, with_filenames: bool = False):
     def decode(serialized):
         parsed = tf.io.parse_example(serialized, spec) if with_filenames else \
             parse_batch(serialized)
-        out = (decode_batch(parsed, image_size, storage), _labels(parsed))
+        out = (decode_batch(parsed, image_size, storage, stored_size), _labels(parsed))
         return out + (parsed[features.FILENAME],) if with_filenames else out
     return decode
 
@@ -343,8 +351,9 @@ def training_stream(build: manifest_lib.Build, *, batch_size: int, image_size: i
         deterministic=bool(deterministic), num_input_pipelines=num_input_pipelines,
         input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
     ds = ds.batch(int(batch_size), drop_remainder=True).map(
-        _decoder(int(image_size), build.storage), num_parallel_calls=AUTOTUNE,
-        deterministic=bool(deterministic))
+        _decoder(int(image_size), build.storage,
+                 stored_size=build.split("train").uniform_size),
+        num_parallel_calls=AUTOTUNE, deterministic=bool(deterministic))
     if augment is not None:
         ds = _augmented(ds, augment, jit_augment=jit_augment, seed=seed,
                         input_pipeline_id=input_pipeline_id, deterministic=bool(deterministic))
@@ -381,7 +390,8 @@ def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, imag
     ds = _eval_records(_split_files(build, split), num_input_pipelines=num_input_pipelines,
                        input_pipeline_id=input_pipeline_id, interleave=bool(interleave))
     ds = ds.batch(int(batch_size)).map(
-        _decoder(int(image_size), build.storage, with_filenames),
+        _decoder(int(image_size), build.storage, with_filenames,
+                 stored_size=build.split(split).uniform_size),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options(True))
 

@@ -106,8 +106,10 @@ def verify_build(build_dir: str, *, decode: bool = True) -> dict:
     for split, info in manifest["splits"].items():
         names: set = set()
         per_class: collections.Counter = collections.Counter()
+        sizes = info.get("image_sizes")
+        sizes = None if sizes is None else {tuple(hw) for hw in sizes}
         found = [check(paths.join(build_dir, shard["file"]), shard, split, names,
-                       per_class) for shard in info["shards"]]
+                       per_class, sizes) for shard in info["shards"]]
         bad = [(path, reason) for path, reason, _ in found if reason]
         problems += bad
         summary[split] = sum(count for _, _, count in found)
@@ -130,7 +132,8 @@ class _ShardCheck:
         self.where, self.wnids, self.storage, self.decode = where, wnids, storage, decode
         self.allowed_formats = {b"raw"} if storage == "raw" else {b"jpeg", b"png"}
 
-    def __call__(self, path, shard, split, names, per_class) -> tuple[str, str, int]:
+    def __call__(self, path, shard, split, names, per_class, sizes=None
+                 ) -> tuple[str, str, int]:
         if not paths.exists(path):
             return path, f"missing shard (listed in {self.where})", 0
         wrong, count = [], 0
@@ -140,22 +143,22 @@ class _ShardCheck:
         if "bytes" in shard and size != shard["bytes"]:
             wrong.append(f"{size} bytes, {self.where} says {shard['bytes']}")
         try:
-            count = self._read(path, split, names, per_class)
+            count = self._read(path, split, names, per_class, sizes)
             if count != shard["num_examples"]:
                 wrong.append(f"{count} records, {self.where} says {shard['num_examples']}")
         except VerifyError as e:
             wrong.append(str(e).removeprefix(f"{path}: "))
         return path, "; ".join(wrong), count
 
-    def _read(self, path, split, names, per_class) -> int:
+    def _read(self, path, split, names, per_class, sizes) -> int:
         """Reads every record of ``path``; returns their count (VerifyError at the first bad
-        one)."""
+        one). ``sizes``: the split's recorded ``(height, width)`` set, None if unrecorded."""
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         count = 0
         try:
             for batch in _records(path, self.decode, self.storage):
                 _check_batch(batch, path, count, split, self.wnids, self.allowed_formats,
-                             self.decode)
+                             self.decode, sizes)
                 for i, name in enumerate(batch[features.FILENAME]):
                     if name in names:
                         raise VerifyError(f"{path}: record {count + i}: file name "
@@ -235,7 +238,8 @@ def find_corrupt_files(files) -> list[tuple[str, str]]:
     return bad
 
 
-def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> None:
+def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode,
+                 sizes=None) -> None:
     labels = batch[features.LABEL]
     for i, label in enumerate(labels):
         at = f"{path}: record {offset + i} ({batch[features.FILENAME][i].decode()})"
@@ -250,6 +254,9 @@ def _check_batch(batch, path, offset, split, wnids, allowed_formats, decode) -> 
             raise VerifyError(f"{at}: image format {fmt.decode()!r} in a build stored as "
                               f"{sorted(f.decode() for f in allowed_formats)}")
         h, w = int(batch[features.HEIGHT][i]), int(batch[features.WIDTH][i])
+        if sizes is not None and (h, w) not in sizes:
+            raise VerifyError(f"{at}: {h}x{w} is not among split {split}'s image_sizes "
+                              f"{sorted(sizes)} in the manifest")
         if fmt == b"raw" and batch["size"][i] != h * w * 3:
             raise VerifyError(f"{at}: {batch['size'][i]} raw bytes for {h}x{w}x3")
         if decode and tuple(batch["shape"][i]) != (h, w, 3):
