@@ -503,62 +503,36 @@ def test_phase_spec_inherits_run_defaults_and_rejects_unknown_keys():
 
 
 @pytest.mark.slow
-def test_train_step_does_not_pass_the_recipe_through_autograph():
+def test_train_and_eval_steps_trace_recipe_optimizer_and_model_without_autograph():
     """Autograph would parse and rewrite every augmentation op's Python source while tracing:
-    that cost ~30 CPU-s on an augmented phase's first step (README, "Augmentation")."""
+    that cost ~30 CPU-s on an augmented phase's first step (README, "Augmentation"); and
+    converting the per-replica step converted the optimizer's Keras code with it, about a
+    CPU-second per trace, in every run (README, "Start-up time")."""
     import keras
     import tensorflow as tf
     from tensorflow.python.autograph.core import ag_ctx  # the status autograph sets
 
     import models
     from training import steps as steps_lib
-    statuses = []
+    statuses = {"recipe": [], "optimizer": [], "model": []}
 
-    def recipe(images, seed):
-        del seed
-        statuses.append(ag_ctx.control_status_ctx().status)
-        return images
+    def spy(where, fn):
+        def recorded(*args, **kwargs):
+            statuses[where].append(ag_ctx.control_status_ctx().status)
+            return fn(*args, **kwargs)
+        return recorded
 
     model = models.build("smoke", num_classes=10, image_size=16)
     opt = keras.optimizers.Adam(1e-3)
     opt.build(model.trainable_variables)
+    opt.apply = spy("optimizer", opt.apply)
     x = tf.zeros([4, 16, 16, 3], tf.uint8)
     it = iter(tf.data.Dataset.from_tensors((x, tf.zeros([4], tf.int32))).repeat())
-    step = steps_lib.make_train_step(model, opt, tf.distribute.get_strategy(), recipe=recipe,
+    step = steps_lib.make_train_step(model, opt, tf.distribute.get_strategy(),
+                                     recipe=spy("recipe", lambda images, seed: images),
                                      global_batch_size=4, base_seed=0, xla=False)
     step.run(it, tf.constant(1))  # with xla=True the same function is compiled
-    assert statuses and ag_ctx.Status.ENABLED not in statuses, statuses
-
-
-def test_train_and_eval_steps_trace_the_optimizer_and_model_without_autograph():
-    """Converting ``replica_step`` converted the optimizer's Keras code with it: about a
-    CPU-second per trace, in every run, for no control flow of ours."""
-    import keras
-    import tensorflow as tf
-    from tensorflow.python.autograph.core import ag_ctx  # the status autograph sets
-
-    import models
-    from training import steps as steps_lib
-    statuses = {"apply": [], "model": []}
-    model = models.build("smoke", num_classes=10, image_size=16)
-    opt = keras.optimizers.Adam(1e-3)
-    opt.build(model.trainable_variables)
-    real_apply = opt.apply
-
-    def apply(grads, variables):
-        statuses["apply"].append(ag_ctx.control_status_ctx().status)
-        return real_apply(grads, variables)
-
-    def call_model(images, training):
-        statuses["model"].append(ag_ctx.control_status_ctx().status)
-        return model(images, training=training)
-
-    opt.apply = apply
-    x = tf.zeros([4, 16, 16, 3], tf.uint8)
-    it = iter(tf.data.Dataset.from_tensors((x, tf.zeros([4], tf.int32))).repeat())
-    steps_lib.make_train_step(model, opt, tf.distribute.get_strategy(), recipe=None,
-                              global_batch_size=4, base_seed=0, xla=False).run(
-        it, tf.constant(1))
-    steps_lib.make_eval_step(call_model, xla=False)(x, tf.zeros([4], tf.int32))
+    steps_lib.make_eval_step(spy("model", model), xla=False)(x, tf.zeros([4], tf.int32))
     for where, seen in statuses.items():
         assert seen and ag_ctx.Status.ENABLED not in seen, (where, seen)
+
