@@ -444,8 +444,8 @@ def test_a_split_of_one_image_size_reads_exactly_as_the_three_branch_decoder_doe
 
 @pytest.mark.parametrize("storage", ["raw", "jpeg"])
 def test_a_known_stored_size_traces_one_decoder_without_branches(storage):
-    def op_types(stored_size):
-        fn = tf.function(pipeline._decoder(16, storage, stored_size=stored_size))
+    def op_types(stored_hw):
+        fn = tf.function(pipeline._decoder(16, storage, stored_hw=stored_hw))
         graph = fn.get_concrete_function(tf.TensorSpec([None], tf.string)).graph
         inner = [f for f in graph._functions.values()]  # branch and loop bodies
         return {op.type for op in graph.get_operations()} | {

@@ -109,10 +109,10 @@ decode_image = features.decode_image
 
 
 def decode_batch(parsed: dict, image_size: int, storage: str,
-                 stored_size: Optional[tuple[int, int]] = None) -> tf.Tensor:
+                 stored_hw: Optional[tuple[int, int]] = None) -> tf.Tensor:
     """Decodes and resizes a parsed batch to uint8 ``[B, image_size, image_size, 3]``.
 
-    With ``stored_size`` (the split's one ``(height, width)``, from its manifest; ``verify``
+    With ``stored_hw`` (the split's one ``(height, width)``, from its manifest; ``verify``
     checks it) only that decode is traced, and a resize when it is not ``image_size``: a third
     of the three-branch decoder's tracing and start-up. Without it, one branch per *batch*
     (cheap), never per image:
@@ -126,10 +126,6 @@ def decode_batch(parsed: dict, image_size: int, storage: str,
     height = tf.cast(parsed[features.HEIGHT], tf.int32)
     width = tf.cast(parsed[features.WIDTH], tf.int32)
     size = image_size
-    uniform = tf.logical_and(tf.reduce_all(tf.equal(height, height[0])),
-                             tf.reduce_all(tf.equal(width, width[0])))
-    at_size = tf.logical_and(uniform, tf.logical_and(tf.equal(height[0], size),
-                                                     tf.equal(width[0], size)))
 
     def decode_uniform(spec_hw):
         if storage == "raw":
@@ -141,8 +137,12 @@ def decode_batch(parsed: dict, image_size: int, storage: str,
                 fn_output_signature=tf.TensorSpec(spec_hw + [3], tf.uint8))
         return tf.ensure_shape(images, [None] + spec_hw + [3])
 
-    if stored_size is not None:
-        return resize_images(decode_uniform(list(stored_size)), size)
+    if stored_hw is not None:
+        return resize_images(decode_uniform(list(stored_hw)), size)
+    uniform = tf.logical_and(tf.reduce_all(tf.equal(height, height[0])),
+                             tf.reduce_all(tf.equal(width, width[0])))
+    at_size = tf.logical_and(uniform, tf.logical_and(tf.equal(height[0], size),
+                                                     tf.equal(width[0], size)))
 
     def mixed():
         return tf.map_fn(
@@ -278,7 +278,7 @@ def _split_files(build: manifest_lib.Build, split: str) -> list[str]:
 
 
 def _decoder(image_size: int, storage: str, with_filenames: bool = False,
-             stored_size: Optional[tuple[int, int]] = None):
+             stored_hw: Optional[tuple[int, int]] = None):
     """The per-batch map: serialized ``[B]`` -> (images uint8, labels int32[, filenames])."""
     spec = dict(PARSE_SPEC, **({features.FILENAME: features.PARSE_SPEC[features.FILENAME]}
                                if with_filenames else {}))
@@ -287,7 +287,7 @@ def _decoder(image_size: int, storage: str, with_filenames: bool = False,
     def decode(serialized):
         parsed = tf.io.parse_example(serialized, spec) if with_filenames else \
             parse_batch(serialized)
-        out = (decode_batch(parsed, image_size, storage, stored_size), _labels(parsed))
+        out = (decode_batch(parsed, image_size, storage, stored_hw), _labels(parsed))
         return out + (parsed[features.FILENAME],) if with_filenames else out
     return decode
 
@@ -352,7 +352,7 @@ def training_stream(build: manifest_lib.Build, *, batch_size: int, image_size: i
         input_pipeline_id=input_pipeline_id, shuffle_buffer=shuffle_buffer)
     ds = ds.batch(int(batch_size), drop_remainder=True).map(
         _decoder(int(image_size), build.storage,
-                 stored_size=build.split("train").uniform_size),
+                 stored_hw=build.split("train").uniform_size),
         num_parallel_calls=AUTOTUNE, deterministic=bool(deterministic))
     if augment is not None:
         ds = _augmented(ds, augment, jit_augment=jit_augment, seed=seed,
@@ -391,7 +391,7 @@ def eval_dataset(build: manifest_lib.Build, split: str, *, batch_size: int, imag
                        input_pipeline_id=input_pipeline_id, interleave=bool(interleave))
     ds = ds.batch(int(batch_size)).map(
         _decoder(int(image_size), build.storage, with_filenames,
-                 stored_size=build.split(split).uniform_size),
+                 stored_hw=build.split(split).uniform_size),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE).with_options(_options(True))
 
