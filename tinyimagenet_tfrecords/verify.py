@@ -8,8 +8,10 @@ Checks, naming the shard (and record) at fault: the manifest loads and its class
 sorted wnids labelled 0..N-1; no shard is missing and no unlisted shard is present; every
 shard's sha256; every record's TFRecord CRCs (TF's reader) and features; labels in range and
 matching their wnid (-1 and no box for test); filenames unique per split; IMAGE_FORMAT agrees
-with the storage; every image decodes to ``[HEIGHT, WIDTH, 3]`` with ``features.decode_image``,
-the decoder the input pipeline itself calls; the example counts per shard, split and class.
+with the storage; every record's ``HEIGHT x WIDTH`` is among its split's ``image_sizes`` (when
+recorded: the readers trust a single one); every image decodes to ``[HEIGHT, WIDTH, 3]`` with
+``features.decode_image``, the decoder the input pipeline itself calls; the example counts per
+shard, split and class.
 
 :func:`find_corrupt_shards` is the quick answer to a ``DataLossError`` during training: which
 shard of a split holds a record whose CRC does not match.
