@@ -447,8 +447,8 @@ def test_a_known_stored_size_traces_one_decoder_without_branches(storage):
     def op_types(stored_hw):
         fn = tf.function(pipeline._decoder(16, storage, stored_hw=stored_hw))
         graph = fn.get_concrete_function(tf.TensorSpec([None], tf.string)).graph
-        inner = [f for f in graph._functions.values()]  # branch and loop bodies
+        bodies = graph._functions.values()  # branch and loop bodies
         return {op.type for op in graph.get_operations()} | {
-            n.op for f in inner for n in f.cached_definition.node_def}
+            n.op for f in bodies for n in f.cached_definition.node_def}
     assert not {"Case", "StatelessCase"} & op_types((64, 64))
     assert {"Case", "StatelessCase"} & op_types(None)
