@@ -46,9 +46,10 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
 
 
 def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=("train",
-                "val"), labels=None) -> dict:
+                "val"), labels=None, legacy=False) -> dict:
     """Writes a finished build: each split holds ``images`` (label i for image i, unless
-    ``labels`` gives them)."""
+    ``labels`` gives them). Each split lists its image sizes as the builder does; ``legacy``
+    leaves them out, as builds made before the builder recorded them."""
     os.makedirs(out_dir, exist_ok=True)
     fmts = fmts or ["png"] * len(images)
     labels = list(range(len(images))) if labels is None else list(labels)
@@ -72,6 +73,9 @@ def write_build(out_dir, images, *, storage="jpeg", fmts=None, shards=1, splits=
             shard_list.append({"file": name, "num_examples": len(idx), "sha256": ""})
         split_info[split] = {"num_examples": len(images), "per_class": {},
                              "shards": shard_list}
+        if not legacy:
+            split_info[split]["image_sizes"] = [
+                list(hw) for hw in sorted({tuple(img.shape[:2]) for img in images})]
     manifest = {"schema_version": features.SCHEMA_VERSION, "storage": storage,
                 "num_classes": len(images),
                 "classes": [{"label": i, "wnid": f"n{i:08d}", "name": str(i)}
@@ -172,8 +176,16 @@ def test_eval_pipeline_sees_every_example_once_in_the_same_order(png_build):
 
 # ---------------------------------------------------------------------------------- decode ---
 
-def test_png_and_grayscale_decode_to_the_exact_rgb_pixels(png_build):
+@pytest.mark.parametrize("legacy", [False, True], ids=["one-size decoder", "old build"])
+def test_png_and_grayscale_decode_to_the_exact_rgb_pixels(png_build, tmp_path, legacy):
+    """Through the one-size decoder of a build that lists its sizes, and through the general
+    decoder of an old build that does not."""
     build, images = png_build
+    if legacy:
+        build = str(tmp_path)
+        write_build(build, images, shards=4, splits=("val",), legacy=True)
+    assert manifest_lib.open_build(build).split("val").uniform_size == (
+        None if legacy else (64, 64))
     x, y = _collect(_eval(build, batch_size=8))
     assert x.dtype == np.uint8 and y.dtype == np.int32
     for img, label in zip(x, y):
