@@ -261,19 +261,35 @@ def sample_dir() -> str:
 def sample_build(sample_dir, tmp_path_factory) -> str:
     """The real sample converted once (raw storage, 2 shards, train + val) for every test."""
     from tinyimagenet_tfrecords import build as build_lib
-    out = str(tmp_path_factory.mktemp("sample") / "build")
-    build_lib.build_dataset(sample_dir, out, shards=2, workers=1, splits=("train", "val"),
-                            progress=False)
-    return out
+    return _built_once(tmp_path_factory, "sample", lambda out: build_lib.build_dataset(
+        sample_dir, out, shards=2, workers=1, splits=("train", "val"), progress=False))
 
 
 @pytest.fixture(scope="session")
 def synthetic_build(tmp_path_factory) -> str:
     """A small class-learnable synthetic build (10 classes x 100 train, 20 val each)."""
     from training.data import make_synthetic_build
-    out = str(tmp_path_factory.mktemp("synthetic") / "build")
-    make_synthetic_build(out, num_classes=10, train_per_class=100, val_per_class=20, seed=0)
-    return out
+    return _built_once(tmp_path_factory, "synthetic", lambda out: make_synthetic_build(
+        out, num_classes=10, train_per_class=100, val_per_class=20, seed=0))
+
+
+def _built_once(tmp_path_factory, name: str, make) -> str:
+    """``make(out)`` run once per pytest run, its folder shared read-only: under pytest-xdist
+    the first worker to ask makes it (the others wait on a file lock) in the folder all of
+    the run's workers share, the parent of each one's base temp (pytest-xdist's documented
+    pattern)."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = str(tmp_path_factory.mktemp(name) / "build")
+        make(out)
+        return out
+    root = tmp_path_factory.getbasetemp().parent
+    out = root / f"shared-{name}" / "build"
+    with open(root / f"shared-{name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").exists():  # written last: a finished build
+            make(str(out))
+    return str(out)
 
 
 class SimulatedKill(BaseException):
