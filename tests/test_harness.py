@@ -1,9 +1,17 @@
 """The test harness's own mechanics (``conftest.py``) that save the suite time: a build the
-pytest-xdist workers share is made once per run, and only there."""
+pytest-xdist workers share is made once per run, and only there; workers end with ``os._exit``
+without losing a result."""
 
+import os
+import pathlib
+import subprocess
+import sys
 import types
 
 import conftest
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _request(worker: bool):
@@ -30,8 +38,8 @@ class _Factory:
 def _make(calls):
     def make(out):
         calls.append(out)
-        conftest.Path(out).mkdir(parents=True)
-        (conftest.Path(out) / "manifest.json").write_text("{}")
+        pathlib.Path(out).mkdir(parents=True)
+        (pathlib.Path(out) / "manifest.json").write_text("{}")
     return make
 
 
@@ -52,3 +60,31 @@ def test_outside_pytest_xdist_a_session_makes_its_own_build_in_its_temp(tmp_path
                                _make(calls))
     assert out == str(tmp_path / "popen-solo" / "demo" / "build") and calls == [out]
     assert not (tmp_path / "shared-demo").exists()
+
+
+PROBE = '''
+def test_that_passes():
+    pass
+
+
+def test_that_fails():
+    assert 1 == 2
+'''
+
+
+@pytest.mark.slow  # three pytest processes
+@pytest.mark.subprocess  # a pytest-xdist run of its own
+def test_workers_that_end_early_still_report_every_result_and_the_failing_status(tmp_path):
+    """The workers' ``os._exit`` comes after their session is over: a run of two workers with
+    this conftest as a plugin reports one pass and one failure, exit 1 (a worker that ended
+    sooner would show as crashed, its test failed twice)."""
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TIN_TEST_"))}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), ROOT])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "conftest",
+         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull,
+         str(tmp_path / "test_probe.py")],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 failed, 1 passed" in proc.stdout.strip().splitlines()[-1], proc.stdout[-3000:]
