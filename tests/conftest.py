@@ -116,13 +116,13 @@ LONGEST_FIXTURES = {"learned_run", "two_worker_run", "mirrored_run"}
 
 # A second implementation of the hook (specname), run last: after pytest's fixture ordering.
 @pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
-def pytest_collection_modifyitems_long_units_first(items):
+def pytest_collection_modifyitems_long_units_first(config, items):
     """Under pytest-xdist, which hands out work one unit at a time in collection order
     (``--no-loadscope-reorder`` in setup.cfg): the long units first, so that the many short
     tests fill the end of the run instead of one long training ending it alone on one worker.
     Long: the groups sharing a training in a child process, then other groups with a slow
     test, then slow tests."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not _is_xdist_worker(config):
         return
     group_of = {item: _xdist_group(item) for item in items}
     groups = {}
