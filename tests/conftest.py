@@ -261,16 +261,19 @@ def sample_dir() -> str:
 def sample_build(sample_dir, tmp_path_factory, request) -> str:
     """The real sample converted once (raw storage, 2 shards, train + val) for every test."""
     from tinyimagenet_tfrecords import build as build_lib
-    return _built_once(request, tmp_path_factory, "sample", lambda out: build_lib.build_dataset(
-        sample_dir, out, shards=2, workers=1, splits=("train", "val"), progress=False))
+    return _built_once(request.config, tmp_path_factory, "sample",
+                       lambda out: build_lib.build_dataset(sample_dir, out, shards=2, workers=1,
+                                                           splits=("train", "val"),
+                                                           progress=False))
 
 
 @pytest.fixture(scope="session")
 def synthetic_build(tmp_path_factory, request) -> str:
     """A small class-learnable synthetic build (10 classes x 100 train, 20 val each)."""
     from training.data import make_synthetic_build
-    return _built_once(request, tmp_path_factory, "synthetic", lambda out: make_synthetic_build(
-        out, num_classes=10, train_per_class=100, val_per_class=20, seed=0))
+    return _built_once(request.config, tmp_path_factory, "synthetic",
+                       lambda out: make_synthetic_build(out, num_classes=10, train_per_class=100,
+                                                        val_per_class=20, seed=0))
 
 
 def _is_xdist_worker(config) -> bool:
@@ -279,13 +282,13 @@ def _is_xdist_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _built_once(request, tmp_path_factory, name: str, make) -> str:
+def _built_once(config, tmp_path_factory, name: str, make) -> str:
     """``make(out)`` run once per pytest run, its folder shared read-only: under pytest-xdist
     the first worker to ask makes it (the others wait on a file lock) in the folder all of
     the run's workers share, the parent of each one's base temp (pytest-xdist's documented
     pattern)."""
     import fcntl  # pylint: disable=import-outside-toplevel
-    if not _is_xdist_worker(request.config):
+    if not _is_xdist_worker(config):
         out = str(tmp_path_factory.mktemp(name) / "build")
         make(out)
         return out

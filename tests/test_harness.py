@@ -11,12 +11,9 @@ import types
 import conftest
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _request(worker: bool):
-    config = types.SimpleNamespace(**({"workerinput": {"workerid": "gw0"}} if worker else {}))
-    return types.SimpleNamespace(config=config)
+def _config(worker: bool):
+    return types.SimpleNamespace(**({"workerinput": {"workerid": "gw0"}} if worker else {}))
 
 
 class _Factory:
@@ -45,9 +42,9 @@ def _make(calls):
 
 def test_a_shared_build_is_made_once_per_run_by_the_first_worker_that_asks(tmp_path):
     calls = []
-    first = conftest._built_once(_request(True), _Factory(tmp_path, "gw0"), "demo",
+    first = conftest._built_once(_config(True), _Factory(tmp_path, "gw0"), "demo",
                                  _make(calls))
-    second = conftest._built_once(_request(True), _Factory(tmp_path, "gw1"), "demo",
+    second = conftest._built_once(_config(True), _Factory(tmp_path, "gw1"), "demo",
                                   _make(calls))
     assert first == second == str(tmp_path / "shared-demo" / "build") and calls == [first]
 
@@ -56,7 +53,7 @@ def test_outside_pytest_xdist_a_session_makes_its_own_build_in_its_temp(tmp_path
     """A plain pytest, or the two-CPU child a worker starts (it inherits the worker's
     environment, not its role), does not touch the workers' shared folder."""
     calls = []
-    out = conftest._built_once(_request(False), _Factory(tmp_path, "solo"), "demo",
+    out = conftest._built_once(_config(False), _Factory(tmp_path, "solo"), "demo",
                                _make(calls))
     assert out == str(tmp_path / "popen-solo" / "demo" / "build") and calls == [out]
     assert not (tmp_path / "shared-demo").exists()
@@ -80,7 +77,7 @@ def test_workers_that_end_early_still_report_every_result_and_the_failing_status
     sooner would show as crashed, its test failed twice)."""
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TIN_TEST_"))}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), ROOT])
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), conftest.ROOT])
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "conftest",
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull,
