@@ -19,6 +19,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import forkserver  # noqa: E402
 import pytest  # noqa: E402
 from conftest import committed_checkpoint  # noqa: E402
 
@@ -131,7 +132,7 @@ def _start(args, tf_config=None, env_extra=None):
     env = dict(ENV, **(env_extra or {}))
     if tf_config:
         env["TF_CONFIG"] = tf_config
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *args],
+    return forkserver.Popen([sys.executable, os.path.join(ROOT, "train_main.py"), *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 

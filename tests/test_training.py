@@ -21,6 +21,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import forkserver  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from conftest import (SAMPLE_PRESENT, committed_checkpoint, handlers_put_back,  # noqa: E402
@@ -55,13 +56,15 @@ RESUME_ARGS = ["--model=smoke", "--image_size=16",
 NOISE = ("WARNING: All log", "I0000", "E0000", "W0000")
 
 
-def train_main(*args, timeout=400, wait=True):
+def train_main(*args, timeout=400, wait=True, fresh=False):
+    """``train_main.py`` in a process of its own: forked from the test server's
+    (``tests/forkserver.py``), or a fresh interpreter with ``fresh`` (its start-up shows)."""
     cmd = [sys.executable, os.path.join(ROOT, "train_main.py"), *args]
+    spawn = subprocess if fresh else forkserver
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+        return spawn.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    return spawn.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def read_csv(path):
@@ -308,7 +311,7 @@ def test_evaluate_cli_reproduces_the_run_report(learned_run, tmp_path):
     with open(os.path.join(out, "eval", "report.json")) as f:
         report = json.load(f)
     eval2 = str(tmp_path / "eval2")
-    proc = subprocess.run(
+    proc = forkserver.run(
         [sys.executable, "-m", "training.evaluate", f"--model={out}/best.keras",
          f"--data={data}", f"--out={eval2}", "--noxla", "--misclassified=4"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=200)
@@ -425,7 +428,7 @@ def test_bad_input_in_a_real_process_is_one_line_without_tensorflow_noise(
     """The same refusal as a process prints it (TensorFlow's C++ start-up lines included):
     the missing shard, found after TensorFlow started."""
     args, expected = _bad_inputs(tmp_path, synthetic_build, read_only_dir)["shard"]
-    proc = train_main(*args)
+    proc = train_main(*args, fresh=True)
     lines = stderr_lines(proc.stderr)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
