@@ -330,19 +330,21 @@ def _stdio(spec, default_fd, mode, text):
 
 
 def Popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False,
-          start_new_session=False, sigint_ignored=False, **kwargs):  # pylint: disable=invalid-name
+          start_new_session=False, sigint_ignored=None, **kwargs):  # pylint: disable=invalid-name
     """``subprocess.Popen(args, ...)``, forked from the server where it can be (module doc).
 
-    ``sigint_ignored``: the child starts with SIGINT ignored, as a shell's background job does
-    (``subprocess`` callers pass ``preexec_fn`` for this).
+    ``sigint_ignored``: True starts the child with SIGINT ignored, as a shell's background job
+    does, False with it handled (``subprocess`` callers set either in ``preexec_fn``); None
+    inherits this process's, as an exec'd child does.
     """
     env = dict(os.environ if env is None else env)
     target = _target(args)
     server = _server(env) if target is not None and not kwargs else None
     if server is None:
         FORKED["subprocess"] += 1
-        if sigint_ignored:
-            kwargs["preexec_fn"] = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if sigint_ignored is not None:
+            disposition = signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+            kwargs["preexec_fn"] = lambda: signal.signal(signal.SIGINT, disposition)
         return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout,
                                 stderr=stderr, text=text, start_new_session=start_new_session,
                                 **kwargs)
@@ -354,8 +356,8 @@ def Popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, tex
                "cwd": os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
                "new_session": bool(start_new_session),
                # An exec'd child inherits an ignored SIGINT (a background job's pytest).
-               "sigint_ignored": bool(sigint_ignored
-                                      or signal.getsignal(signal.SIGINT) == signal.SIG_IGN)}
+               "sigint_ignored": (signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+                                  if sigint_ignored is None else bool(sigint_ignored))}
     try:
         pid, status = server.start(request, [e[0] for e in ends])
     finally:

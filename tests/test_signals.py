@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import forkserver
 import pytest
 from conftest import committed_checkpoint
 
@@ -36,11 +37,12 @@ class Run:
     def __init__(self, data, out, *, sigint):
         self.out = out
         self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen(
+        # Forked from the test server (tests/forkserver.py), a real process whose SIGINT is
+        # ignored from its start as after ``preexec_fn``, or handled.
+        self.proc = forkserver.Popen(
             [sys.executable, os.path.join(ROOT, "train_main.py"), f"--data={data}",
              f"--out={out}", *LONG_ARGS], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+            stderr=subprocess.PIPE, text=True, sigint_ignored=sigint == signal.SIG_IGN)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
