@@ -36,9 +36,9 @@ import threading
 PRELOAD = ("tensorflow", "keras", "models", "augment", "tinyimagenet_tfrecords.pipeline",
            "training.runner", "training.data")
 # Environment variables that can act at import time; a request whose values differ from the
-# server's runs as a real subprocess. TF_CONFIG is read when a run starts.
-_IMPORT_ENV_PREFIXES = ("TF_", "XLA_", "KERAS", "CUDA", "PYTHON", "LD_", "OMP_", "MKL",
-                        "GRPC_")
+# server's runs as a real subprocess. TF_CONFIG is read when a run starts; GRPC_VERBOSITY is
+# set by every entry point before it imports TensorFlow, as the server did (plumbing.cli).
+_IMPORT_ENV_PREFIXES = ("TF_", "XLA_", "KERAS", "CUDA", "PYTHON", "LD_", "OMP_", "MKL")
 _RUNTIME_ENV = {"TF_CONFIG", "PYTHONFAULTHANDLER"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
