@@ -1,8 +1,8 @@
 """Child Python processes for the tests, forked from a server that has imported TensorFlow.
 
 Each test that runs an entry point (``train_main.py``, ``-m training.evaluate``, a child
-pytest) in a process of its own paid for importing TensorFlow, Keras and the project again:
-about 4 CPU-s of every such child, and the suite starts about twenty of them. :func:`Popen`
+pytest) in a process of its own paid for importing TensorFlow, Keras and the project again
+(4-7 CPU-s of every such child), and the suite starts about twenty of them. :func:`Popen`
 and :func:`run` take the arguments of their ``subprocess`` namesakes; a command line
 ``[sys.executable, script | -m module | -c code, args...]`` is run in a process forked from a
 server (one per test process, started on first use) that has imported those modules and run
