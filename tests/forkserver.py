@@ -31,9 +31,10 @@ import sys
 import tempfile
 import threading
 
-# What the server imports: the entry points' dependencies, never an entry point itself
-# (running it as ``__main__`` must not find it imported).
-PRELOAD = ("tensorflow", "keras", "models", "augment", "tinyimagenet_tfrecords.pipeline",
+# What the server imports after TensorFlow (imported quietly, as the entry points do): the
+# entry points' dependencies, never an entry point itself (running it as ``__main__`` must not
+# find it imported).
+PRELOAD = ("keras", "models", "augment", "tinyimagenet_tfrecords.pipeline",
            "training.runner", "training.data")
 # Environment variables that can act at import time; a request whose values differ from the
 # server's runs as a real subprocess. TF_CONFIG is read when a run starts; GRPC_VERBOSITY is
@@ -321,9 +322,7 @@ def _stdio(spec, default_fd, mode, text):
     if spec == subprocess.PIPE:
         r, w = os.pipe()
         ours, theirs = (r, w) if mode == "r" else (w, r)
-        stream = (io.open(ours, mode, encoding=None if not text else "utf-8",
-                          errors=None if not text else "strict")
-                  if text else io.open(ours, mode + "b"))
+        stream = io.open(ours, mode if text else mode + "b")  # text: the locale's, as subprocess
         return theirs, stream, theirs
     fd = spec if isinstance(spec, int) else spec.fileno()
     return fd, None, None
